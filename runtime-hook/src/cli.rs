@@ -5,10 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// Default registry socket of tracer-node.
-pub const DEFAULT_SOCKET: &str = "/run/container-tracer/registry.sock";
-/// Default spool directory, replayed by tracer-node.
-pub const DEFAULT_SPOOL_DIR: &str = "/run/container-tracer/spool";
+use tracer_api::hook::{DEFAULT_SOCKET, DEFAULT_SPOOL_DIR};
 
 /// OCI runtime hook: registers containers with tracer-node at creation, removes them at poststop.
 ///

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 /// Kubernetes caps a pod's annotations at 256 KiB; this leaves room for the rest of the record.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Default path of tracer-node's registry socket, shared by the hook and the daemon.
+pub const DEFAULT_SOCKET: &str = "/run/container-tracer/registry.sock";
+
+/// Default spool directory: written by the hook when delivery fails, replayed by tracer-node.
+pub const DEFAULT_SPOOL_DIR: &str = "/run/container-tracer/spool";
+
 /// Version of the message format; tracer-node rejects other versions with a clear reason.
 pub const MESSAGE_VERSION: u32 = 1;
 

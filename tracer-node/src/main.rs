@@ -1,0 +1,35 @@
+//! tracer-node entry point: parse the configuration, start logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// sysexits EX_USAGE: the configuration is wrong.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let config = tracer_node::Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = config.validate() {
+        eprintln!("tracer-node: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime at start-up");
+    match runtime.block_on(tracer_node::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tracer-node failed");
+            eprintln!("tracer-node: {e}");
+            if e.is_config() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

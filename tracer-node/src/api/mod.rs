@@ -1,0 +1,64 @@
+//! The v1 REST API of tracer-node (see `shared/container-tracer-api.md`) plus health endpoints.
+
+pub mod error;
+pub mod pods;
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+use serde_json::{json, Value};
+use tracing::instrument;
+
+pub use self::error::ApiError;
+use crate::registry::Registry;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The live container registry.
+    pub registry: Arc<Registry>,
+    /// This node's name.
+    pub node_name: String,
+    /// Set once the registry is loaded, the socket bound and the spool replayed.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The API router; tests drive it with `tower::ServiceExt::oneshot`, no socket needed.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/pods", get(get_pods))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+#[instrument(skip_all)]
+async fn get_pods(State(state): State<AppState>) -> Result<Json<tracer_api::v1::Pods>, ApiError> {
+    let entries = state.registry.snapshot();
+    let registry = state.registry.clone();
+    // Reading cgroups and stats is blocking file I/O: keep it off the async workers.
+    let pods = tokio::task::spawn_blocking(move || pods::build(&entries, registry.procfs()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("pods task failed: {e}")))?;
+    Ok(Json(pods))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({}))
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, Json(json!({"Node": state.node_name, "Containers": state.registry.len()})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"Error": "starting: registry not loaded yet"})))
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}

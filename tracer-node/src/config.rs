@@ -1,0 +1,117 @@
+//! Command line and environment of tracer-node. Flag and variable names follow the original
+//! container-tracer where it had them (`TRACER_API_ADDRESS`, `TRACER_NODE_NAME`, ...).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use tracer_api::hook::{DEFAULT_SOCKET, DEFAULT_SPOOL_DIR};
+
+/// Per-node container-tracer daemon: keeps the live container registry fed by the runtime hook
+/// and serves the v1 REST API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tracer-node", version)]
+pub struct Config {
+    /// Address of the REST API: `HOST:PORT`, or `:PORT` for every interface.
+    #[arg(long, env = "TRACER_API_ADDRESS", default_value = ":8080", value_parser = parse_address)]
+    pub address: SocketAddr,
+
+    /// Name of this node in answers (defaults to the hostname).
+    #[arg(long, env = "TRACER_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Where the host's procfs is mounted (the daemon must share the host pid namespace).
+    #[arg(long, env = "TRACER_PROCFS_PATH", default_value = "/proc")]
+    pub procfs_path: PathBuf,
+
+    /// Where the host's sysfs is mounted (cgroups under `fs/cgroup`, tracefs under `kernel/tracing`).
+    #[arg(long, env = "TRACER_SYSFS_PATH", default_value = "/sys")]
+    pub sysfs_path: PathBuf,
+
+    /// Unix socket on which the runtime hook registers containers (root only, mode 0600).
+    #[arg(long, env = "TRACER_REGISTRY_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub registry_socket: PathBuf,
+
+    /// Directory of events the hook could not deliver; replayed at start and as files appear.
+    #[arg(long, env = "TRACER_SPOOL_DIR", default_value = DEFAULT_SPOOL_DIR)]
+    pub spool_dir: PathBuf,
+
+    /// Directory where the registry is persisted, so a restart keeps the live containers.
+    #[arg(long, env = "TRACER_STATE_DIR", default_value = "/run/container-tracer/state")]
+    pub state_dir: PathBuf,
+}
+
+/// Accepts the original's Go-style `:8080` as well as `HOST:PORT`.
+fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+    full.parse().map_err(|e| format!("{s:?} is not HOST:PORT or :PORT ({e})"))
+}
+
+/// A configuration that cannot work, found before anything is bound or mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A path flag is relative: the daemon's working directory is not something to depend on.
+    #[error("--{flag} must be an absolute path, got {path:?}")]
+    RelativePath {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        path: PathBuf,
+    },
+    /// The procfs path does not look like a procfs.
+    #[error("--procfs-path {0:?} is not a procfs (no self/stat)")]
+    NotProcfs(PathBuf),
+    /// The node name is empty or has characters that do not belong in a name.
+    #[error("--node-name {0:?} is not a valid node name")]
+    NodeName(String),
+}
+
+impl Config {
+    /// Checks what can be checked without side effects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (flag, path) in [
+            ("procfs-path", &self.procfs_path),
+            ("sysfs-path", &self.sysfs_path),
+            ("registry-socket", &self.registry_socket),
+            ("spool-dir", &self.spool_dir),
+            ("state-dir", &self.state_dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::RelativePath { flag, path: path.clone() });
+            }
+        }
+        if !self.procfs_path.join("self/stat").exists() {
+            return Err(ConfigError::NotProcfs(self.procfs_path.clone()));
+        }
+        if let Some(name) = &self.node_name {
+            if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(ConfigError::NodeName(name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node name: the flag, else the kernel's hostname.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_and_full_addresses_parse() {
+        assert_eq!(parse_address(":8080").expect("ok"), "0.0.0.0:8080".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(parse_address("127.0.0.1:9").expect("ok").port(), 9);
+        assert!(parse_address("nonsense").is_err());
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let mut c = Config::parse_from(["tracer-node"]);
+        c.validate().expect("defaults are valid");
+        c.state_dir = "state".into();
+        assert!(matches!(c.validate(), Err(ConfigError::RelativePath { flag: "state-dir", .. })));
+    }
+}

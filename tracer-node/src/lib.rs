@@ -1,0 +1,106 @@
+//! tracer-node: the per-node container-tracer daemon. `run` wires the pieces; `router` exposes
+//! the REST API for tests.
+
+pub mod api;
+pub mod caps;
+pub mod config;
+pub mod ftrace;
+pub mod registry;
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+pub use api::{router, AppState};
+pub use config::Config;
+use registry::{procfs::Procfs, socket, spool, store::Store, Registry};
+use tracing::info;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Capabilities are missing.
+    #[error(transparent)]
+    Caps(#[from] caps::CapsError),
+    /// tracefs is unavailable.
+    #[error(transparent)]
+    Tracefs(#[from] ftrace::TracefsError),
+    /// The state directory is unusable.
+    #[error(transparent)]
+    Store(#[from] registry::store::StoreError),
+    /// The registry socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    /// The spool directory is unusable.
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    /// The API address could not be bound or serving failed.
+    #[error("REST API on {address}: {source}")]
+    Serve {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// Whether the error is the operator's configuration (exit 64) rather than the host.
+    pub fn is_config(&self) -> bool {
+        matches!(self, RunError::Config(_))
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    config.validate()?;
+    caps::check()?;
+    let tracefs = ftrace::Tracefs::find_or_mount(&config.sysfs_path)?;
+    let node_name = config.node_name();
+    info!(node = %node_name, tracefs = %tracefs.root().display(), "starting tracer-node");
+
+    let registry = Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?));
+    let loaded = registry.load_persisted()?;
+    info!(loaded, "registry loaded from the state directory");
+
+    // Listen before replaying the spool: hooks firing meanwhile are served live, and every
+    // registration is checked for liveness, so the order of the two sources does not matter.
+    let listener = socket::bind(&config.registry_socket)?;
+    let socket_task = tokio::spawn(socket::serve(listener, registry.clone()));
+    spool::ensure_dir(&config.spool_dir)?;
+    let spool_task = {
+        let (dir, registry) = (config.spool_dir.clone(), registry.clone());
+        tokio::task::spawn_blocking(move || spool::watch(dir, registry))
+            .await
+            .map_err(|e| RunError::Spool(spool::SpoolError::Dir { op: "replay", path: config.spool_dir.clone(), source: std::io::Error::other(e) }))??
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AppState { registry: registry.clone(), node_name, ready: ready.clone() };
+    let address = config.address;
+    let http = tokio::net::TcpListener::bind(address).await.map_err(|source| RunError::Serve { address, source })?;
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    info!(%address, registry_socket = %config.registry_socket.display(), containers = registry.len(), "ready");
+    let served = axum::serve(http, router(state)).with_graceful_shutdown(shutdown_signal()).await;
+
+    socket_task.abort();
+    spool_task.abort();
+    let _ = std::fs::remove_file(&config.registry_socket);
+    info!("stopped");
+    served.map_err(|source| RunError::Serve { address, source })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,333 @@
+//! The live container registry: containers registered by the runtime hook at creation, removed
+//! at poststop or as soon as their init exits (pidfd, event-driven), persisted across restarts.
+
+pub mod exits;
+pub mod procfs;
+pub mod socket;
+pub mod spool;
+pub mod store;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+};
+
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use tracer_api::{hook::MESSAGE_VERSION, ContainerCreated, ContainerKind, RegistryEvent};
+use tracing::{error, info, warn};
+
+use self::{
+    exits::{ExitWatcher, OnExit},
+    procfs::{ProcError, Procfs},
+    store::{Store, StoreError},
+};
+
+/// Why an event was refused. The hook logs the message; nothing is changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The message is of a format version this daemon does not speak.
+    #[error("message version {0} is not supported (this tracer-node speaks {MESSAGE_VERSION})")]
+    Version(u32),
+    /// A field is empty, too long or holds characters that do not belong in it.
+    #[error("container {id:?}: invalid {field}")]
+    Invalid {
+        /// Container id as sent.
+        id: String,
+        /// The offending field.
+        field: &'static str,
+    },
+    /// The init is not running: nothing to register.
+    #[error("container {id}: init pid {pid} has already exited")]
+    InitGone {
+        /// Container id.
+        id: String,
+        /// Its init pid.
+        pid: u32,
+    },
+    /// The pid now belongs to another process than the one the hook saw.
+    #[error("container {id}: pid {pid} was reused (start time {found}, the hook saw {expected})")]
+    PidReused {
+        /// Container id.
+        id: String,
+        /// The pid.
+        pid: u32,
+        /// Start time the hook recorded.
+        expected: u64,
+        /// Start time now.
+        found: u64,
+    },
+    /// Reading the init's procfs files failed.
+    #[error("container {id}: {source}")]
+    Proc {
+        /// Container id.
+        id: String,
+        /// Why.
+        #[source]
+        source: ProcError,
+    },
+    /// pidfd_open failed for another reason than a dead process.
+    #[error("container {id}: cannot watch pid {pid} for exit: {source}")]
+    Pidfd {
+        /// Container id.
+        id: String,
+        /// The pid.
+        pid: u32,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A new container is registered.
+    Registered,
+    /// The same container (id, pid, start time) was registered already: replay is idempotent.
+    AlreadyRegistered,
+    /// The container was removed.
+    Unregistered,
+    /// A stop for a container the registry does not hold (already removed at init exit).
+    NotRegistered,
+}
+
+/// One registered container.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// What the hook reported, with the verified start time filled in.
+    pub record: Arc<ContainerCreated>,
+    /// Start time of the init (identifies the process with its pid).
+    pub start_time: u64,
+    /// Parent of the init when it registered.
+    pub ppid: u32,
+    /// The container's own cgroup directory, when it has one.
+    pub cgroup: Option<PathBuf>,
+    generation: u64,
+}
+
+/// The registry. Cheap to share (`Arc`); all mutation goes through [`Registry::apply`].
+#[derive(Debug)]
+pub struct Registry {
+    containers: Mutex<HashMap<String, Entry>>,
+    procfs: Procfs,
+    store: Option<Store>,
+    generation: AtomicU64,
+    exits: Option<Arc<ExitWatcher>>,
+}
+
+const MAX_NAME: usize = 253;
+const MAX_ID: usize = 1024;
+
+fn valid_text(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+}
+
+impl Registry {
+    /// A registry reading `procfs`, persisting to `store` when given (tests may go without).
+    pub fn new(procfs: Procfs, store: Option<Store>) -> Arc<Self> {
+        Arc::new_cyclic(|me: &Weak<Registry>| {
+            let exits = ExitWatcher::start(me.clone())
+                .map_err(|e| error!(error = %e, "cannot start the exit watcher; exits are seen at poststop only"))
+                .ok();
+            Self { containers: Mutex::new(HashMap::new()), procfs, store, generation: AtomicU64::new(1), exits }
+        })
+    }
+
+    /// The procfs the registry reads.
+    pub fn procfs(&self) -> &Procfs {
+        &self.procfs
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated (every update is one
+        // insert or remove), so a poisoned lock is still consistent.
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the persisted containers that are still alive and forgets the others.
+    pub fn load_persisted(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else { return Ok(0) };
+        let mut loaded = 0;
+        for (path, record) in store.load_all()? {
+            match record {
+                Ok(rec) => match self.register(rec.clone(), false) {
+                    Ok(_) => loaded += 1,
+                    Err(e) => {
+                        info!(container_id = %rec.id, reason = %e, "forgetting persisted container");
+                        store.discard(&path);
+                    }
+                },
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "discarding unreadable registry file");
+                    store.discard(&path);
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Applies one event from the hook (live or spooled).
+    pub fn apply(&self, event: RegistryEvent) -> Result<Applied, RegistryError> {
+        match event {
+            RegistryEvent::Created(rec) => self.register(rec, true),
+            RegistryEvent::Stopped(stop) => {
+                if stop.version != MESSAGE_VERSION {
+                    return Err(RegistryError::Version(stop.version));
+                }
+                Ok(self.remove(&stop.id, None, "poststop"))
+            }
+        }
+    }
+
+    fn validate(rec: &ContainerCreated) -> Result<(), RegistryError> {
+        if rec.version != MESSAGE_VERSION {
+            return Err(RegistryError::Version(rec.version));
+        }
+        let invalid = |field| Err(RegistryError::Invalid { id: rec.id.clone(), field });
+        if !valid_text(&rec.id, MAX_ID) || rec.id.contains('/') || rec.id.starts_with('.') {
+            return invalid("id");
+        }
+        if !valid_text(&rec.pod, MAX_NAME) || rec.pod.contains('/') {
+            return invalid("pod");
+        }
+        if !valid_text(&rec.name, MAX_NAME) {
+            return invalid("name");
+        }
+        if !rec.namespace.is_empty() && (!valid_text(&rec.namespace, MAX_NAME) || rec.namespace.contains('/')) {
+            return invalid("namespace");
+        }
+        if rec.pid == 0 {
+            return invalid("pid");
+        }
+        Ok(())
+    }
+
+    fn register(&self, mut rec: ContainerCreated, persist: bool) -> Result<Applied, RegistryError> {
+        Self::validate(&rec)?;
+        let (id, pid) = (rec.id.clone(), rec.pid);
+        let gone = || RegistryError::InitGone { id: id.clone(), pid };
+        // Open the pidfd first: from here on the pid cannot be recycled under us, so a start
+        // time read afterwards that matches the hook's proves it is the container's init.
+        let raw = Pid::from_raw(i32::try_from(pid).map_err(|_| gone())?).ok_or_else(gone)?;
+        let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Err(gone()),
+            Err(e) => return Err(RegistryError::Pidfd { id, pid, source: e.into() }),
+        };
+        let stat = self.procfs.stat(pid).map_err(|source| match source {
+            ProcError::Gone { .. } => gone(),
+            source => RegistryError::Proc { id: id.clone(), source },
+        })?;
+        if stat.state == 'Z' || stat.state == 'X' {
+            return Err(gone());
+        }
+        match rec.pid_start_time {
+            Some(expected) if expected != stat.start_time => {
+                return Err(RegistryError::PidReused { id, pid, expected, found: stat.start_time })
+            }
+            _ => rec.pid_start_time = Some(stat.start_time),
+        }
+
+        let mut map = self.lock();
+        if let Some(existing) = map.get(&id) {
+            if existing.record.pid == pid && existing.start_time == stat.start_time {
+                return Ok(Applied::AlreadyRegistered);
+            }
+        }
+        let cgroup = self.procfs.container_cgroup(pid);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        if let Some(exits) = &self.exits {
+            if let Err(e) = exits.watch(generation, pidfd) {
+                error!(container_id = %id, error = %e, "cannot watch init for exit; relying on poststop");
+            }
+        }
+        if persist {
+            if let Some(store) = &self.store {
+                if let Err(e) = store.save(&rec) {
+                    // Still register: the container is live now; only a restart would forget it.
+                    error!(container_id = %id, error = %e, "cannot persist registration");
+                }
+            }
+        }
+        info!(
+            container_id = %id, pod = %rec.pod, namespace = %rec.namespace, container = %rec.name,
+            pid, kind = ?rec.kind, cgroup = ?cgroup, "registered"
+        );
+        let entry = Entry { record: Arc::new(rec), start_time: stat.start_time, ppid: stat.ppid, cgroup, generation };
+        if let Some(old) = map.insert(id, entry) {
+            self.unwatch(old.generation);
+        }
+        Ok(Applied::Registered)
+    }
+
+    /// Removes `id`; with `generation`, only if the entry is still that registration (an exit
+    /// watcher of a replaced entry must not remove its successor).
+    fn remove(&self, id: &str, generation: Option<u64>, why: &'static str) -> Applied {
+        let mut map = self.lock();
+        match map.get(id) {
+            Some(e) if generation.is_none_or(|g| g == e.generation) => {}
+            _ => return Applied::NotRegistered,
+        }
+        let Some(entry) = map.remove(id) else { return Applied::NotRegistered };
+        drop(map);
+        self.unwatch(entry.generation);
+        if let Some(store) = &self.store {
+            if let Err(e) = store.remove(id) {
+                error!(container_id = %id, error = %e, "cannot remove persisted registration");
+            }
+        }
+        info!(container_id = %id, pod = %entry.record.pod, container = %entry.record.name, reason = why, "unregistered");
+        Applied::Unregistered
+    }
+
+    fn unwatch(&self, generation: u64) {
+        if let Some(exits) = &self.exits {
+            exits.unwatch(generation);
+        }
+    }
+
+    /// Removes the container of registration `generation`, if it is still registered.
+    fn remove_generation(&self, generation: u64) {
+        let id = self.lock().iter().find(|(_, e)| e.generation == generation).map(|(id, _)| id.clone());
+        if let Some(id) = id {
+            self.remove(&id, Some(generation), "init exited");
+        }
+    }
+
+    /// A copy of every entry, for answering queries without holding the lock during I/O.
+    pub fn snapshot(&self) -> Vec<Entry> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Number of registered workload containers and sandboxes.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `id` is registered.
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+}
+
+impl Entry {
+    /// Whether the entry is a workload container (sandboxes are not listed in `/v1/pods`).
+    pub fn is_workload(&self) -> bool {
+        self.record.kind == ContainerKind::Container
+    }
+}
+
+impl OnExit for Registry {
+    fn exited(&self, generation: u64) {
+        self.remove_generation(generation);
+    }
+}

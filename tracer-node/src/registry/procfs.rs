@@ -1,0 +1,202 @@
+//! What the registry reads from the host's procfs and cgroup filesystem: a process's identity
+//! (start time, parent), the cgroup a container lives in, and the processes in it.
+//!
+//! Only the registered containers' own files are read: the cost of `GET /v1/pods` grows with the
+//! number of containers, never with the number of processes on the host.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use tracer_api::procfs::{parse_stat, Stat};
+
+/// Errors reading a process's files.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// The process does not exist (any more).
+    #[error("process {pid} does not exist")]
+    Gone {
+        /// The pid.
+        pid: u32,
+    },
+    /// Its stat file could not be read or parsed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The host's procfs and cgroup roots.
+#[derive(Debug, Clone)]
+pub struct Procfs {
+    proc_root: PathBuf,
+    cgroup_root: PathBuf,
+}
+
+impl Procfs {
+    /// `proc_root` is the host procfs (`/proc`), `sysfs_root` the host sysfs (`/sys`).
+    pub fn new(proc_root: impl Into<PathBuf>, sysfs_root: impl AsRef<Path>) -> Self {
+        Self { proc_root: proc_root.into(), cgroup_root: sysfs_root.as_ref().join("fs/cgroup") }
+    }
+
+    /// Parsed `/proc/<pid>/stat`.
+    pub fn stat(&self, pid: u32) -> Result<Stat, ProcError> {
+        let path = self.proc_root.join(pid.to_string()).join("stat");
+        let text = fs::read_to_string(&path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => ProcError::Gone { pid },
+            _ => ProcError::Read { path: path.clone(), source },
+        })?;
+        parse_stat(&text).ok_or_else(|| ProcError::Read { path, source: io::Error::other("unparsable stat") })
+    }
+
+    /// The cgroup directory that holds `pid` and none of the host's other processes, or `None`
+    /// when the process sits in a root cgroup. On cgroup v2 the unified hierarchy; on v1/hybrid
+    /// the unified one when the runtime used it, else `pids`, `memory`, `cpu`, `name=systemd`.
+    /// A candidate is taken only if its `cgroup.procs` really lists the process.
+    pub fn container_cgroup(&self, pid: u32) -> Option<PathBuf> {
+        let text = fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        let lines: Vec<(&str, &str, &str)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ':');
+                Some((it.next()?, it.next()?, it.next()?))
+            })
+            .collect();
+        let pure_v2 = self.cgroup_root.join("cgroup.controllers").exists();
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        for (id, controllers, path) in &lines {
+            if *id == "0" && controllers.is_empty() && *path != "/" {
+                let mount = if pure_v2 { self.cgroup_root.clone() } else { self.cgroup_root.join("unified") };
+                candidates.push(mount.join(path.trim_start_matches('/')));
+            }
+        }
+        if !pure_v2 {
+            for wanted in ["pids", "memory", "cpu", "name=systemd"] {
+                for (_, controllers, path) in &lines {
+                    if *path == "/" || !controllers.split(',').any(|c| c == wanted) {
+                        continue;
+                    }
+                    let dir = wanted.strip_prefix("name=").unwrap_or(wanted);
+                    for mount in [self.cgroup_root.join(dir), self.cgroup_root.join(controllers)] {
+                        candidates.push(mount.join(path.trim_start_matches('/')));
+                    }
+                }
+            }
+        }
+        candidates.into_iter().find(|dir| cgroup_pids(dir).map(|p| p.contains(&pid)).unwrap_or(false))
+    }
+
+    /// Every process of a container, the init first, the rest in ascending order. With a cgroup,
+    /// its processes and those of its child cgroups; without, the init and its descendants.
+    /// Empty when the init is gone.
+    pub fn tasks(&self, init: u32, cgroup: Option<&Path>) -> Vec<u32> {
+        let mut pids = Vec::new();
+        match cgroup {
+            Some(dir) => collect_cgroup_pids(dir, &mut pids, 0),
+            None => self.collect_descendants(init, &mut pids),
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        match pids.iter().position(|p| *p == init) {
+            Some(i) => {
+                pids.remove(i);
+                pids.insert(0, init);
+            }
+            // The cgroup no longer holds the init: trust the cgroup only while the init lives.
+            None if self.stat(init).is_ok() => pids.insert(0, init),
+            None => pids.clear(),
+        }
+        pids
+    }
+
+    /// The init and its descendants, through `task/<tid>/children` of every thread.
+    fn collect_descendants(&self, init: u32, out: &mut Vec<u32>) {
+        let mut stack = vec![init];
+        // Bounded: a fork bomb in a container must not make one request walk forever.
+        while let Some(pid) = stack.pop() {
+            if out.len() >= MAX_TASKS {
+                break;
+            }
+            let Ok(tasks) = fs::read_dir(self.proc_root.join(pid.to_string()).join("task")) else { continue };
+            out.push(pid);
+            for task in tasks.flatten() {
+                if let Ok(children) = fs::read_to_string(task.path().join("children")) {
+                    stack.extend(children.split_ascii_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+                }
+            }
+        }
+    }
+}
+
+/// Upper bound on the tasks listed for one container.
+const MAX_TASKS: usize = 65_536;
+
+/// Depth bound of nested cgroups walked under a container's cgroup.
+const MAX_CGROUP_DEPTH: usize = 16;
+
+fn cgroup_pids(dir: &Path) -> io::Result<Vec<u32>> {
+    let text = fs::read_to_string(dir.join("cgroup.procs"))?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+fn collect_cgroup_pids(dir: &Path, out: &mut Vec<u32>, depth: usize) {
+    if let Ok(pids) = cgroup_pids(dir) {
+        out.extend(pids);
+    }
+    if depth >= MAX_CGROUP_DEPTH || out.len() >= MAX_TASKS {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect_cgroup_pids(&entry.path(), out, depth + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_of_a_fake_hybrid_host_prefers_unified_and_checks_membership() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proc_root = dir.path().join("proc");
+        let sys = dir.path().join("sys");
+        fs::create_dir_all(proc_root.join("42")).expect("mkdir");
+        fs::write(proc_root.join("42/cgroup"), "8:pids:/x1\n4:memory:/odd/x1\n0::/x1\n").expect("write");
+        let unified = sys.join("fs/cgroup/unified/x1");
+        let pids = sys.join("fs/cgroup/pids/x1");
+        fs::create_dir_all(&unified).expect("mkdir");
+        fs::create_dir_all(pids.join("child")).expect("mkdir");
+        fs::write(unified.join("cgroup.procs"), "7\n").expect("write");
+        fs::write(pids.join("cgroup.procs"), "42\n43\n").expect("write");
+        fs::write(pids.join("child/cgroup.procs"), "44\n").expect("write");
+        let p = Procfs::new(&proc_root, &sys);
+        // unified does not list pid 42, so pids is taken.
+        assert_eq!(p.container_cgroup(42), Some(pids.clone()));
+        fs::write(unified.join("cgroup.procs"), "42\n").expect("write");
+        assert_eq!(p.container_cgroup(42), Some(unified));
+        assert_eq!(p.tasks(42, Some(&pids)), vec![42, 43, 44]);
+    }
+
+    #[test]
+    fn root_cgroup_is_no_container_cgroup_and_tasks_fall_back_to_descendants() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let p = Procfs::new("/proc", "/sys");
+        let me = std::process::id();
+        let tasks = p.tasks(me, None);
+        assert_eq!(tasks[0], me);
+        assert!(tasks.contains(&child.id()), "{tasks:?}");
+        assert_eq!(p.stat(child.id()).expect("stat").ppid, me);
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        assert!(matches!(p.stat(child.id()), Err(ProcError::Gone { .. })));
+        assert!(p.tasks(child.id(), None).is_empty());
+    }
+}

@@ -1,0 +1,128 @@
+//! The registry socket: one newline-terminated JSON event in, one JSON reply out, per connection.
+//! The reply is sent after the event is applied, which is what makes registration synchronous.
+
+use std::{
+    io,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Semaphore,
+};
+use tracer_api::{hook::MAX_MESSAGE_BYTES, HookReply, RegistryEvent};
+use tracing::{debug, warn};
+
+use super::Registry;
+
+/// Time a client has to send its message; a hook that connects and goes silent is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections handled at once; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Errors setting up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Binding, or preparing the path, failed.
+    #[error("cannot {op} registry socket {path}: {source}")]
+    Setup {
+        /// What was attempted.
+        op: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds the registry socket at `path`, replacing a stale one, readable and writable by the
+/// owner (root) only.
+pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    let err = |op| move |source| SocketError::Setup { op, path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(err("create the directory of"))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err("remove stale")(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod"))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: UnixListener, registry: Arc<Registry>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let my_uid = rustix::process::geteuid().as_raw();
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "registry socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            handle(stream, &registry, my_uid).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(mut stream: UnixStream, registry: &Registry, my_uid: u32) {
+    // The socket is 0600 already; checking the peer as well keeps a mis-set mode from letting
+    // an unprivileged process inject containers.
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == my_uid => {}
+        Ok(cred) => {
+            warn!(uid = cred.uid(), "registry socket: refused a client that is neither root nor us");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "registry socket: cannot read peer credentials");
+            return;
+        }
+    }
+    let (read, mut write) = stream.split();
+    let mut reader = BufReader::new(read.take(MAX_MESSAGE_BYTES as u64 + 1));
+    let mut line = Vec::with_capacity(1024);
+    let reply = match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => refuse("no complete message within 5 s".into()),
+        Ok(Err(e)) => refuse(format!("read failed: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_MESSAGE_BYTES => refuse(format!("message larger than {MAX_MESSAGE_BYTES} bytes")),
+        Ok(Ok(_)) => match serde_json::from_slice::<RegistryEvent>(&line) {
+            Err(e) => refuse(format!("malformed message: {e}")),
+            Ok(event) => {
+                let id = event.container_id().to_owned();
+                let kind = event.kind();
+                match registry.apply(event) {
+                    Ok(applied) => {
+                        debug!(container_id = %id, event = kind, ?applied, "hook event applied");
+                        HookReply { ok: true, error: None }
+                    }
+                    Err(e) => refuse(e.to_string()),
+                }
+            }
+        },
+    };
+    if let Some(error) = &reply.error {
+        warn!(reason = %error, "registry socket: event refused");
+    }
+    let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    out.push(b'\n');
+    // The hook may have given up already (deadline): a failed write is expected then.
+    let _ = write.write_all(&out).await;
+}
+
+fn refuse(error: String) -> HookReply {
+    HookReply { ok: false, error: Some(error) }
+}
