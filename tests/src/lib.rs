@@ -1,0 +1,421 @@
+//! Harness of the end-to-end tests: real tracer-node processes, real runc/crun/podman
+//! containers wired to the real runtime-hook, a busybox rootfs, and a real HTTP client.
+//!
+//! Tests that need root or a runtime call [`require`]: under `CI` a missing prerequisite fails
+//! the test, elsewhere it is skipped with a message.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Whether the tests run under CI, where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Checks prerequisites: root and the named commands. Returns false (skip) outside CI when one
+/// is missing; panics under CI.
+pub fn require(commands: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    for c in commands {
+        if which(c).is_none() {
+            missing.push(format!("`{c}` on PATH"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("needs {} (run the README's test command, which installs them)", missing.join(", "));
+    assert!(!in_ci(), "CI is set, so this test may not skip: it {msg}");
+    eprintln!("SKIPPED: this test {msg}");
+    false
+}
+
+/// The path of `cmd` on PATH.
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.is_file())
+}
+
+/// The directory holding the workspace's built binaries (`target/<profile>`), found from the
+/// test executable's own path (`target/<profile>/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps layout").to_path_buf()
+}
+
+/// A built workspace binary; the test command builds them before running the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} is not built: run `cargo build --workspace` first (the test script does)", p.display());
+    p
+}
+
+/// A name unique to this test process and call, for containers and directories.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A busybox rootfs shared by every test: built once at a fixed path (atomically, by rename)
+/// and reused, so test runs leave one small directory behind rather than one per process.
+pub fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        // Not under a symlinked path: runc refuses a rootfs reached through one.
+        let dir = fs::canonicalize(std::env::temp_dir()).expect("temp dir").join("ct-e2e-rootfs");
+        if dir.join("bin/busybox").is_file() {
+            return dir;
+        }
+        let tmp = dir.with_file_name(unique("ct-e2e-rootfs-tmp"));
+        let bin = tmp.join("bin");
+        fs::create_dir_all(&bin).expect("rootfs dir");
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).is_file()).expect("busybox-static installed");
+        fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
+        for applet in ["sh", "sleep", "cat", "ls", "echo", "true", "ps"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+        }
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
+            fs::create_dir_all(tmp.join(d)).expect("rootfs subdir");
+        }
+        if fs::rename(&tmp, &dir).is_err() {
+            // Another test process won the race: use its copy.
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        dir
+    })
+}
+
+/// A running tracer-node with its own socket, spool, state directory and port.
+pub struct Node {
+    /// Its directories (socket, spool, state, log).
+    pub dir: tempfile::TempDir,
+    /// The API base URL.
+    pub url: String,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Node {
+    /// Starts tracer-node in a new temp dir and waits until it is ready.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ct-node-").tempdir()?;
+        let port = free_port()?;
+        let mut node = Node { url: format!("http://127.0.0.1:{port}"), dir, child: None, port };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// Registry socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("registry.sock")
+    }
+
+    /// Spool directory.
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Log file (appended to across restarts).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("node.log"))?;
+        let child = Command::new(binary("tracer-node"))
+            .args(["--address", &format!("127.0.0.1:{}", self.port)])
+            .arg("--registry-socket")
+            .arg(self.socket())
+            .arg("--spool-dir")
+            .arg(self.spool())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .env("RUST_LOG", "info,tracer_node=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn tracer-node")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(resp) = agent().get(&format!("{}/readyz", self.url)).call() {
+                if resp.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("tracer-node exited with {status} at start-up:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("tracer-node not ready within 20 s:\n{}", self.log())
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("node running")
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal tracer-node");
+    }
+
+    /// Stops the daemon: SIGTERM (graceful) or SIGKILL, and waits for it.
+    pub fn stop(&mut self, graceful: bool) {
+        if let Some(mut child) = self.child.take() {
+            let sig = if graceful { rustix::process::Signal::TERM } else { rustix::process::Signal::KILL };
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, sig);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again with the same directories and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop(true);
+        self.spawn()
+    }
+
+    /// Starts a stopped daemon again.
+    pub fn start_again(&mut self) -> Result<()> {
+        assert!(self.child.is_none(), "node still running");
+        self.spawn()
+    }
+
+    /// `GET /v1/pods` as JSON.
+    pub fn pods(&self) -> Result<Value> {
+        get_json(&format!("{}/v1/pods", self.url))
+    }
+
+    /// The container named `name` of pod key `pod`, if listed.
+    pub fn container(&self, pod: &str, name: &str) -> Result<Option<Value>> {
+        Ok(self.pods()?.get(pod).and_then(|p| p["Containers"].get(name)).cloned())
+    }
+
+    /// Every `ContainerId` listed in `/v1/pods`.
+    pub fn container_ids(&self) -> Result<Vec<String>> {
+        let pods = self.pods()?;
+        let mut ids: Vec<String> = pods
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .flat_map(|p| p["Containers"].as_object().into_iter().flat_map(|c| c.values()))
+            .filter_map(|c| c["ContainerId"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Hook arguments (after argv[0]) aimed at this node.
+    pub fn hook_args(&self, stage: &str) -> Vec<String> {
+        vec![
+            "--socket".into(),
+            self.socket().display().to_string(),
+            "--spool-dir".into(),
+            self.spool().display().to_string(),
+            stage.into(),
+        ]
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// An HTTP client with timeouts on everything, that hands back non-2xx answers as responses.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// GET `url` and parse the JSON body; non-2xx is an error with the body.
+pub fn get_json(url: &str) -> Result<Value> {
+    let mut resp = agent().get(url).call().with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp.body_mut().read_to_string()?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {url}: not JSON: {body}"))
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The base OCI config from `runc spec`, generated once per process.
+fn base_spec() -> &'static Value {
+    static SPEC: OnceLock<Value> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("runc").arg("spec").current_dir(dir.path()).output().expect("runc spec");
+        assert!(out.status.success(), "runc spec failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&fs::read(dir.path().join("config.json")).expect("config.json")).expect("spec JSON")
+    })
+}
+
+/// A hook entry of a config.json.
+pub fn hook_entry(args: Vec<String>) -> Value {
+    let mut argv = vec!["runtime-hook".to_owned()];
+    argv.extend(args);
+    json!({ "path": binary("runtime-hook"), "args": argv, "timeout": 10 })
+}
+
+/// A bundle: a directory holding config.json for the shared busybox rootfs.
+pub struct Bundle {
+    /// The bundle directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Bundle {
+    /// A bundle running `args`, with `annotations` and `hooks` (an OCI `hooks` object).
+    pub fn new(args: &[&str], annotations: &BTreeMap<String, String>, hooks: Value) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ct-bundle-").tempdir()?;
+        let mut spec = base_spec().clone();
+        spec["process"]["terminal"] = json!(false);
+        spec["process"]["args"] = json!(args);
+        spec["root"] = json!({ "path": rootfs(), "readonly": true });
+        spec["hostname"] = json!("busybox");
+        spec["annotations"] = json!(annotations);
+        spec["hooks"] = hooks;
+        fs::write(dir.path().join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+        Ok(Bundle { dir })
+    }
+
+    /// Hooks registering at createRuntime and unregistering at poststop through `node`.
+    pub fn hooks_for(node: &Node) -> Value {
+        json!({
+            "createRuntime": [hook_entry(node.hook_args("createRuntime"))],
+            "poststop": [hook_entry(node.hook_args("poststop"))],
+        })
+    }
+}
+
+/// containerd-style Kubernetes annotations.
+pub fn containerd_annotations(pod: &str, namespace: &str, container: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("io.kubernetes.cri.sandbox-name".to_owned(), pod.to_owned()),
+        ("io.kubernetes.cri.sandbox-namespace".to_owned(), namespace.to_owned()),
+        ("io.kubernetes.cri.container-name".to_owned(), container.to_owned()),
+        ("io.kubernetes.cri.container-type".to_owned(), "container".to_owned()),
+    ])
+}
+
+/// An OCI runtime (runc or crun) with its own state root, so tests never touch /run/runc.
+pub struct Runtime {
+    /// `runc` or `crun`.
+    pub bin: &'static str,
+    root: tempfile::TempDir,
+    created: std::sync::Mutex<Vec<String>>,
+}
+
+impl Runtime {
+    /// A runtime with a fresh state root.
+    pub fn new(bin: &'static str) -> Result<Self> {
+        Ok(Runtime { bin, root: tempfile::Builder::new().prefix("ct-rt-").tempdir()?, created: Default::default() })
+    }
+
+    /// Runs `<bin> --root <root> args...`. Output goes through a file, not a pipe: a detached
+    /// container's init inherits the runtime's stdio, and a pipe would never reach EOF.
+    pub fn cmd(&self, args: &[&str]) -> Result<Output> {
+        let log_path = self.root.path().join(format!("{}.out", unique("cmd")));
+        let log = fs::File::create(&log_path)?;
+        let status = Command::new(self.bin)
+            .arg("--root")
+            .arg(self.root.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()?;
+        let text = fs::read(&log_path).unwrap_or_default();
+        let _ = fs::remove_file(&log_path);
+        Ok(Output { status, stdout: text, stderr: Vec::new() })
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<Output> {
+        let out = self.cmd(args)?;
+        if !out.status.success() {
+            bail!("{} {:?} failed: {}{}", self.bin, args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out)
+    }
+
+    /// `create --bundle`: the container exists, its init waits for `start`.
+    pub fn create(&self, id: &str, bundle: &Bundle) -> Result<()> {
+        self.created.lock().expect("lock").push(id.to_owned());
+        self.ok(&["create", "--bundle", &bundle.dir.path().display().to_string(), id]).map(drop)
+    }
+
+    /// `start`.
+    pub fn start(&self, id: &str) -> Result<()> {
+        self.ok(&["start", id]).map(drop)
+    }
+
+    /// `run` in the foreground until the container exits (it is deleted on exit).
+    pub fn run(&self, id: &str, bundle: &Bundle) -> Result<Output> {
+        self.ok(&["run", "--bundle", &bundle.dir.path().display().to_string(), id])
+    }
+
+    /// The init's host pid from `state`.
+    pub fn pid(&self, id: &str) -> Result<u32> {
+        let out = self.ok(&["state", id])?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        v["pid"].as_u64().map(|p| p as u32).context("state has no pid")
+    }
+
+    /// `kill <id> KILL`.
+    pub fn kill(&self, id: &str) -> Result<()> {
+        self.ok(&["kill", id, "KILL"]).map(drop)
+    }
+
+    /// `delete --force` (runs the poststop hooks).
+    pub fn delete(&self, id: &str) -> Result<()> {
+        self.ok(&["delete", "--force", id]).map(drop)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for id in self.created.lock().map(|v| v.clone()).unwrap_or_default() {
+            let _ = self.cmd(&["delete", "--force", &id]);
+        }
+    }
+}
