@@ -19,7 +19,12 @@ const MAX_REPLY_BYTES: u64 = 64 * 1024;
 /// Sends `event` and returns tracer-node's reply. Fails with [`DeliverError::Timeout`] when the
 /// daemon does not answer before `deadline` (a stopped or overloaded daemon accepts connections
 /// into its backlog but never answers).
-pub fn deliver(socket: &Path, event: &RegistryEvent, deadline: Instant, deadline_ms: u64) -> Result<HookReply, DeliverError> {
+pub fn deliver(
+    socket: &Path,
+    event: &RegistryEvent,
+    deadline: Instant,
+    deadline_ms: u64,
+) -> Result<HookReply, DeliverError> {
     let left = || {
         let d = deadline.saturating_duration_since(Instant::now());
         if d.is_zero() {

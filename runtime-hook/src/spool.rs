@@ -18,7 +18,8 @@ pub fn write(dir: &Path, event: &RegistryEvent, reason: &str, now_unix_ns: u64) 
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let name = format!("{now_unix_ns:020}-{}-{}.json", std::process::id(), event.kind());
     let tmp = dir.join(format!(".{name}.tmp"));
-    let body = serde_json::to_vec(&SpooledEvent { reason: reason.to_owned(), event: event.clone() }).map_err(io::Error::other)?;
+    let body = serde_json::to_vec(&SpooledEvent { reason: reason.to_owned(), event: event.clone() })
+        .map_err(io::Error::other)?;
     let result = (|| {
         let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(&body)?;

@@ -4,9 +4,7 @@ use std::{collections::BTreeMap, fs, io::Read, os::fd::AsFd, path::Path, time::I
 
 use oci_spec::runtime::{ContainerState, State};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use tracer_api::{
-    hook::MESSAGE_VERSION, procfs, ContainerCreated, ContainerKind, ContainerStopped, RegistryEvent,
-};
+use tracer_api::{hook::MESSAGE_VERSION, procfs, ContainerCreated, ContainerKind, ContainerStopped, RegistryEvent};
 
 use crate::error::HookError;
 
@@ -182,7 +180,12 @@ fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
 }
 
 /// Builds the registry event for `action` from a parsed state.
-pub fn build_event(state: &State, action: Action, now_unix_ns: u64, proc_root: &Path) -> Result<Option<RegistryEvent>, HookError> {
+pub fn build_event(
+    state: &State,
+    action: Action,
+    now_unix_ns: u64,
+    proc_root: &Path,
+) -> Result<Option<RegistryEvent>, HookError> {
     let id = state.id().clone();
     match action {
         Action::Ignore => Ok(None),
@@ -192,13 +195,13 @@ pub fn build_event(state: &State, action: Action, now_unix_ns: u64, proc_root: &
             stopped_unix_ns: now_unix_ns,
         }))),
         Action::Register => {
-            let pid = state
-                .pid()
-                .filter(|p| *p > 0)
-                .ok_or(HookError::InvalidState("no init pid at a create stage"))?;
+            let pid = state.pid().filter(|p| *p > 0).ok_or(HookError::InvalidState("no init pid at a create stage"))?;
             let pid = u32::try_from(pid).map_err(|_| HookError::InvalidState("init pid out of range"))?;
-            let annotations: BTreeMap<String, String> =
-                state.annotations().as_ref().map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+            let annotations: BTreeMap<String, String> = state
+                .annotations()
+                .as_ref()
+                .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
             let names = names(&id, &annotations, state.bundle());
             Ok(Some(RegistryEvent::Created(ContainerCreated {
                 version: MESSAGE_VERSION,
@@ -228,9 +231,18 @@ mod tests {
 
     #[test]
     fn containerd_annotations_name_the_container() {
-        let a = ann(&[(cri::POD, "web-1"), (cri::NAMESPACE, "shop"), (cri::CONTAINER, "nginx"), (cri::TYPE, "container")]);
+        let a =
+            ann(&[(cri::POD, "web-1"), (cri::NAMESPACE, "shop"), (cri::CONTAINER, "nginx"), (cri::TYPE, "container")]);
         let n = names("abc", &a, Path::new("/nonexistent"));
-        assert_eq!(n, Names { pod: "web-1".into(), namespace: "shop".into(), name: "nginx".into(), kind: ContainerKind::Container });
+        assert_eq!(
+            n,
+            Names {
+                pod: "web-1".into(),
+                namespace: "shop".into(),
+                name: "nginx".into(),
+                kind: ContainerKind::Container
+            }
+        );
     }
 
     #[test]

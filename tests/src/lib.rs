@@ -84,7 +84,10 @@ pub fn rootfs() -> &'static Path {
         let tmp = dir.with_file_name(unique("ct-e2e-rootfs-tmp"));
         let bin = tmp.join("bin");
         fs::create_dir_all(&bin).expect("rootfs dir");
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).is_file()).expect("busybox-static installed");
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("busybox-static installed");
         fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
         for applet in ["sh", "sleep", "cat", "ls", "echo", "true", "ps"] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
@@ -373,7 +376,13 @@ impl Runtime {
     fn ok(&self, args: &[&str]) -> Result<Output> {
         let out = self.cmd(args)?;
         if !out.status.success() {
-            bail!("{} {:?} failed: {}{}", self.bin, args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{} {:?} failed: {}{}",
+                self.bin,
+                args,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(out)
     }
@@ -440,7 +449,12 @@ impl Podman {
             }
             let mut hook: Value = serde_json::from_slice(&fs::read(&path)?)?;
             // Keep the shipped `when` and `stages`; only the binary and the daemon's paths change.
-            let stage = hook["hook"]["args"].as_array().and_then(|a| a.last()).and_then(Value::as_str).context("stage arg")?.to_owned();
+            let stage = hook["hook"]["args"]
+                .as_array()
+                .and_then(|a| a.last())
+                .and_then(Value::as_str)
+                .context("stage arg")?
+                .to_owned();
             hook["hook"]["path"] = json!(binary("runtime-hook"));
             let mut args = vec!["runtime-hook".to_owned()];
             args.extend(node.hook_args(&stage));

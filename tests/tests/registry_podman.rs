@@ -24,7 +24,10 @@ fn podman_hooks_d_registers_annotated_containers_only() {
             &["sleep", "300"],
         )
         .expect("podman run annotated");
-    let c = node.container(&pod, "web").expect("pods").unwrap_or_else(|| panic!("annotated container not registered:\n{}", node.log()));
+    let c = node
+        .container(&pod, "web")
+        .expect("pods")
+        .unwrap_or_else(|| panic!("annotated container not registered:\n{}", node.log()));
     assert_eq!(c["Namespace"], "team-a");
     assert_eq!(c["ContainerId"], annotated.as_str());
     assert!(c["Tasks"][0].as_u64().is_some_and(|p| p > 1), "{c}");

@@ -13,11 +13,16 @@ fn registers_at_create_and_unregisters_at_delete(runtime: &'static str) {
     let rt = Runtime::new(runtime).expect("runtime");
     let id = unique(&format!("ct-{runtime}"));
     let pod = unique("web");
-    let bundle = Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "shop", "nginx"), Bundle::hooks_for(&node)).expect("bundle");
+    let bundle =
+        Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "shop", "nginx"), Bundle::hooks_for(&node))
+            .expect("bundle");
 
     rt.create(&id, &bundle).expect("create");
     // No waiting: registration is synchronous, so the container is listed when create returns.
-    let c = node.container(&pod, "nginx").expect("GET /v1/pods").unwrap_or_else(|| panic!("not registered:\n{}", node.log()));
+    let c = node
+        .container(&pod, "nginx")
+        .expect("GET /v1/pods")
+        .unwrap_or_else(|| panic!("not registered:\n{}", node.log()));
     let pid = rt.pid(&id).expect("state pid");
     assert_eq!(c["Id"], "nginx");
     assert_eq!(c["Pod"], pod.as_str());
@@ -71,7 +76,9 @@ fn every_process_of_the_container_is_listed_in_tasks() {
     let pid = rt.pid(&id).expect("pid");
     assert!(
         wait_until(Duration::from_secs(5), || {
-            node.container(&pod, "multi").expect("pods").is_some_and(|c| c["Tasks"].as_array().is_some_and(|t| t.len() == 3))
+            node.container(&pod, "multi")
+                .expect("pods")
+                .is_some_and(|c| c["Tasks"].as_array().is_some_and(|t| t.len() == 3))
         }),
         "expected init + 2 children: {:?}",
         node.container(&pod, "multi")
@@ -90,13 +97,18 @@ fn sigkill_of_the_init_removes_the_container_without_any_poststop() {
     let rt = Runtime::new("runc").expect("runtime");
     let id = unique("ct-kill");
     let pod = unique("kill");
-    let bundle = Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "victim"), Bundle::hooks_for(&node)).expect("bundle");
+    let bundle =
+        Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "victim"), Bundle::hooks_for(&node))
+            .expect("bundle");
     rt.create(&id, &bundle).expect("create");
     rt.start(&id).expect("start");
     assert!(node.container(&pod, "victim").expect("pods").is_some());
     let pid = rt.pid(&id).expect("pid");
-    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).expect("pid"), rustix::process::Signal::KILL)
-        .expect("kill init");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill init");
     // No runc delete: no poststop hook runs. The pidfd watch must remove it on its own.
     assert!(
         wait_until(Duration::from_secs(5), || node.container(&pod, "victim").expect("pods").is_none()),
@@ -118,7 +130,8 @@ fn sandbox_containers_are_recorded_but_not_listed_as_workloads() {
     sandbox.remove("io.kubernetes.cri.container-name");
     sandbox.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
     let pause = Bundle::new(&["sleep", "300"], &sandbox, Bundle::hooks_for(&node)).expect("bundle");
-    let app = Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "app"), Bundle::hooks_for(&node)).expect("bundle");
+    let app = Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "app"), Bundle::hooks_for(&node))
+        .expect("bundle");
     let (pause_id, app_id) = (unique("ct-pause"), unique("ct-app"));
     rt.create(&pause_id, &pause).expect("create pause");
     rt.create(&app_id, &app).expect("create app");

@@ -13,7 +13,9 @@ use serde_json::json;
 
 fn spool_files(node: &Node) -> Vec<String> {
     std::fs::read_dir(node.spool())
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect())
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -24,9 +26,14 @@ fn after_a_restart_the_registry_is_exactly_the_live_containers() {
     }
     let mut node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runtime");
-    let bundle = |name: &str| Bundle::new(&["sleep", "300"], &containerd_annotations(&unique("pod"), "ns", name), Bundle::hooks_for(&node)).expect("bundle");
-    let (kept, deleted, killed, late, brief) = (unique("ct-kept"), unique("ct-deleted"), unique("ct-killed"), unique("ct-late"), unique("ct-brief"));
-    let (b_kept, b_deleted, b_killed, b_late, b_brief) = (bundle("kept"), bundle("deleted"), bundle("killed"), bundle("late"), bundle("brief"));
+    let bundle = |name: &str| {
+        Bundle::new(&["sleep", "300"], &containerd_annotations(&unique("pod"), "ns", name), Bundle::hooks_for(&node))
+            .expect("bundle")
+    };
+    let (kept, deleted, killed, late, brief) =
+        (unique("ct-kept"), unique("ct-deleted"), unique("ct-killed"), unique("ct-late"), unique("ct-brief"));
+    let (b_kept, b_deleted, b_killed, b_late, b_brief) =
+        (bundle("kept"), bundle("deleted"), bundle("killed"), bundle("late"), bundle("brief"));
     for (id, b) in [(&kept, &b_kept), (&deleted, &b_deleted), (&killed, &b_killed)] {
         rt.create(id, b).expect("create");
         rt.start(id).expect("start");
@@ -37,7 +44,8 @@ fn after_a_restart_the_registry_is_exactly_the_live_containers() {
     node.stop(false);
     rt.delete(&deleted).expect("delete while down");
     let pid = rt.pid(&killed).expect("pid");
-    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).expect("pid"), Signal::KILL).expect("kill");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).expect("pid"), Signal::KILL)
+        .expect("kill");
     rt.create(&late, &b_late).expect("create while down");
     rt.create(&brief, &b_brief).expect("create while down");
     rt.delete(&brief).expect("delete while down");
@@ -48,7 +56,11 @@ fn after_a_restart_the_registry_is_exactly_the_live_containers() {
     expected.sort();
     // Registration state is restored before /readyz answers: no waiting needed.
     assert_eq!(node.container_ids().expect("pods"), expected, "{}", node.log());
-    assert!(wait_until(Duration::from_secs(5), || spool_files(&node).is_empty()), "spool not drained: {:?}", spool_files(&node));
+    assert!(
+        wait_until(Duration::from_secs(5), || spool_files(&node).is_empty()),
+        "spool not drained: {:?}",
+        spool_files(&node)
+    );
 
     // Replay is idempotent: a third start changes nothing.
     node.restart().expect("restart again");
@@ -63,8 +75,11 @@ fn a_hung_tracer_node_delays_container_creation_by_at_most_the_deadline_and_lose
     let node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runtime");
     let pod = unique("hung");
-    let with_hook = Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "app"), Bundle::hooks_for(&node)).expect("bundle");
-    let without_hook = Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "x"), json!({})).expect("bundle");
+    let with_hook =
+        Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "app"), Bundle::hooks_for(&node))
+            .expect("bundle");
+    let without_hook =
+        Bundle::new(&["sleep", "300"], &containerd_annotations(&pod, "ns", "x"), json!({})).expect("bundle");
 
     // Baseline: the same create without any hook.
     let base_id = unique("ct-base");
@@ -144,7 +159,9 @@ fn bad_hook_input_gets_a_clear_message_and_never_fails_the_container() {
         assert_ne!(code, 0, "{what}: --strict must fail");
     }
     // Nothing undeliverable was produced by bad input: the spool stays empty.
-    assert!(!dir.path().join("spool").exists() || std::fs::read_dir(dir.path().join("spool")).expect("ls").next().is_none());
+    assert!(
+        !dir.path().join("spool").exists() || std::fs::read_dir(dir.path().join("spool")).expect("ls").next().is_none()
+    );
 }
 
 #[test]
@@ -156,12 +173,15 @@ fn a_container_whose_hook_is_misconfigured_or_has_no_daemon_still_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("absent.sock").display().to_string();
     let spool = dir.path().join("spool");
-    let args = |stage: &str| vec!["--socket".to_owned(), sock.clone(), "--spool-dir".into(), spool.display().to_string(), stage.into()];
+    let args = |stage: &str| {
+        vec!["--socket".to_owned(), sock.clone(), "--spool-dir".into(), spool.display().to_string(), stage.into()]
+    };
     let hooks = json!({
         "createRuntime": [e2e::hook_entry(args("createRuntime")), e2e::hook_entry(args("no-such-stage"))],
         "poststop": [e2e::hook_entry(args("poststop"))],
     });
-    let bundle = Bundle::new(&["sh", "-c", "echo ran"], &containerd_annotations("p", "ns", "c"), hooks).expect("bundle");
+    let bundle =
+        Bundle::new(&["sh", "-c", "echo ran"], &containerd_annotations("p", "ns", "c"), hooks).expect("bundle");
     let out = rt.run(&unique("ct-noda"), &bundle).expect("runc run must succeed");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ran"));
     // Both the create and the stop were kept for replay.

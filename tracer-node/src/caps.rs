@@ -24,11 +24,8 @@ pub enum CapsError {
 /// Checks that every needed capability is effective.
 pub fn check() -> Result<(), CapsError> {
     let effective = caps::read(None, CapSet::Effective).map_err(|e| CapsError::Read(e.to_string()))?;
-    let missing: Vec<String> = NEEDED
-        .iter()
-        .filter(|(c, _)| !effective.contains(c))
-        .map(|(c, why)| format!("{c} (to {why})"))
-        .collect();
+    let missing: Vec<String> =
+        NEEDED.iter().filter(|(c, _)| !effective.contains(c)).map(|(c, why)| format!("{c} (to {why})")).collect();
     if missing.is_empty() {
         Ok(())
     } else {

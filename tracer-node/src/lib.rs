@@ -61,7 +61,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let node_name = config.node_name();
     info!(node = %node_name, tracefs = %tracefs.root().display(), "starting tracer-node");
 
-    let registry = Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?));
+    let registry =
+        Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?));
     let loaded = registry.load_persisted()?;
     info!(loaded, "registry loaded from the state directory");
 
@@ -72,9 +73,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     spool::ensure_dir(&config.spool_dir)?;
     let spool_task = {
         let (dir, registry) = (config.spool_dir.clone(), registry.clone());
-        tokio::task::spawn_blocking(move || spool::watch(dir, registry))
-            .await
-            .map_err(|e| RunError::Spool(spool::SpoolError::Dir { op: "replay", path: config.spool_dir.clone(), source: std::io::Error::other(e) }))??
+        tokio::task::spawn_blocking(move || spool::watch(dir, registry)).await.map_err(|e| {
+            RunError::Spool(spool::SpoolError::Dir {
+                op: "replay",
+                path: config.spool_dir.clone(),
+                source: std::io::Error::other(e),
+            })
+        })??
     };
 
     let ready = Arc::new(AtomicBool::new(false));

@@ -30,7 +30,11 @@ pub fn build(entries: &[Entry], procfs: &Procfs) -> Pods {
         let pod = pods.entry(pod_key(&rec.namespace, &rec.pod, qualified)).or_default();
         // Names are unique within a pod under Kubernetes; two live plain containers can only
         // collide by a hand-made annotation, so the later one gets its id appended.
-        let key = if pod.containers.contains_key(&rec.name) { format!("{}@{}", rec.name, short_id(&rec.id)) } else { rec.name.clone() };
+        let key = if pod.containers.contains_key(&rec.name) {
+            format!("{}@{}", rec.name, short_id(&rec.id))
+        } else {
+            rec.name.clone()
+        };
         pod.containers.insert(
             key,
             Container {

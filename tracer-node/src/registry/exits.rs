@@ -32,7 +32,8 @@ const OWNER_CHECK: Duration = Duration::from_secs(1);
 impl ExitWatcher {
     /// Starts the watcher thread, reporting exits to `owner` while it lives.
     pub fn start<T: OnExit>(owner: Weak<T>) -> io::Result<Arc<Self>> {
-        let watcher = Arc::new(Self { epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?, pidfds: Mutex::new(HashMap::new()) });
+        let watcher =
+            Arc::new(Self { epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?, pidfds: Mutex::new(HashMap::new()) });
         let me = Arc::downgrade(&watcher);
         std::thread::Builder::new().name("exit-watcher".into()).spawn(move || run(me, owner))?;
         Ok(watcher)

@@ -238,7 +238,7 @@ impl Registry {
                 return Ok(Applied::AlreadyRegistered);
             }
         }
-        let cgroup = self.procfs.container_cgroup(pid);
+        let cgroup = self.procfs.container_cgroup(pid, &id);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         if let Some(exits) = &self.exits {
             if let Err(e) = exits.watch(generation, pidfd) {

@@ -54,11 +54,16 @@ impl Procfs {
         parse_stat(&text).ok_or_else(|| ProcError::Read { path, source: io::Error::other("unparsable stat") })
     }
 
-    /// The cgroup directory that holds `pid` and none of the host's other processes, or `None`
-    /// when the process sits in a root cgroup. On cgroup v2 the unified hierarchy; on v1/hybrid
-    /// the unified one when the runtime used it, else `pids`, `memory`, `cpu`, `name=systemd`.
-    /// A candidate is taken only if its `cgroup.procs` really lists the process.
-    pub fn container_cgroup(&self, pid: u32) -> Option<PathBuf> {
+    /// The container's own cgroup directory, or `None` when it has none we can recognise.
+    ///
+    /// Runtimes name a container's cgroup after its id (runc `/<id>`, containerd
+    /// `.../<id>` or `cri-containerd-<id>.scope`, CRI-O `crio-<id>.scope`, podman
+    /// `libpod-<id>`), so only a cgroup whose last component holds the id is taken: a process
+    /// that merely sits in a shared cgroup (a service's, a sandbox's) must not make every other
+    /// process there look like part of the container. On cgroup v2 the unified hierarchy; on
+    /// v1/hybrid the unified one when the runtime used it, else `pids`, `memory`, `cpu`,
+    /// `name=systemd`. A candidate is taken only if its `cgroup.procs` really lists the process.
+    pub fn container_cgroup(&self, pid: u32, container_id: &str) -> Option<PathBuf> {
         let text = fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
         let lines: Vec<(&str, &str, &str)> = text
             .lines()
@@ -88,7 +93,10 @@ impl Procfs {
                 }
             }
         }
-        candidates.into_iter().find(|dir| cgroup_pids(dir).map(|p| p.contains(&pid)).unwrap_or(false))
+        candidates
+            .into_iter()
+            .filter(|dir| dir.file_name().is_some_and(|n| n.to_string_lossy().contains(container_id)))
+            .find(|dir| cgroup_pids(dir).map(|p| p.contains(&pid)).unwrap_or(false))
     }
 
     /// Every process of a container, the init first, the rest in ascending order. With a cgroup,
@@ -179,9 +187,11 @@ mod tests {
         fs::write(pids.join("child/cgroup.procs"), "44\n").expect("write");
         let p = Procfs::new(&proc_root, &sys);
         // unified does not list pid 42, so pids is taken.
-        assert_eq!(p.container_cgroup(42), Some(pids.clone()));
+        assert_eq!(p.container_cgroup(42, "x1"), Some(pids.clone()));
         fs::write(unified.join("cgroup.procs"), "42\n").expect("write");
-        assert_eq!(p.container_cgroup(42), Some(unified));
+        assert_eq!(p.container_cgroup(42, "x1"), Some(unified.clone()));
+        // A cgroup not named after the container (a shared one) is never taken.
+        assert_eq!(p.container_cgroup(42, "other-id"), None);
         assert_eq!(p.tasks(42, Some(&pids)), vec![42, 43, 44]);
     }
 

@@ -46,11 +46,11 @@ pub struct Replayed {
 
 /// Creates the spool directory (0700) if needed.
 pub fn ensure_dir(dir: &Path) -> Result<(), SpoolError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| SpoolError::Dir { op: "create", path: dir.to_owned(), source })
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| SpoolError::Dir {
+        op: "create",
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Applies and deletes every spooled event in `dir`, oldest first. Runs on a blocking thread
@@ -67,7 +67,8 @@ pub fn replay(dir: &Path, registry: &Registry) -> Result<Replayed, SpoolError> {
     let mut done = Replayed::default();
     for name in names {
         let path = dir.join(&name);
-        let parsed = read_bounded(&path).and_then(|b| serde_json::from_slice::<SpooledEvent>(&b).map_err(|e| e.to_string()));
+        let parsed =
+            read_bounded(&path).and_then(|b| serde_json::from_slice::<SpooledEvent>(&b).map_err(|e| e.to_string()));
         match parsed {
             Err(e) => {
                 warn!(file = %name, error = %e, "discarding unreadable spool file");

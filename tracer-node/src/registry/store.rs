@@ -26,6 +26,9 @@ pub enum StoreError {
     },
 }
 
+/// A stored file and its record, or why it could not be read.
+pub type Loaded = (PathBuf, Result<ContainerCreated, String>);
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -36,11 +39,11 @@ impl Store {
     /// Opens (creating, mode 0700) the state directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StoreError::Io { op: "create", path: dir.clone(), source })?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|source| StoreError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Self { dir })
     }
 
@@ -52,7 +55,11 @@ impl Store {
     pub fn save(&self, record: &ContainerCreated) -> Result<(), StoreError> {
         let path = self.path(&record.id);
         let tmp = self.dir.join(format!(".{}.tmp", record.id));
-        let body = serde_json::to_vec(record).map_err(|e| StoreError::Io { op: "encode", path: path.clone(), source: e.into() })?;
+        let body = serde_json::to_vec(record).map_err(|e| StoreError::Io {
+            op: "encode",
+            path: path.clone(),
+            source: e.into(),
+        })?;
         let write = || -> io::Result<()> {
             use io::Write;
             let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
@@ -76,8 +83,9 @@ impl Store {
 
     /// Every stored record; unreadable files are returned as errors with their path, to be
     /// logged and removed by the caller.
-    pub fn load_all(&self) -> Result<Vec<(PathBuf, Result<ContainerCreated, String>)>, StoreError> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| StoreError::Io { op: "list", path: self.dir.clone(), source })?;
+    pub fn load_all(&self) -> Result<Vec<Loaded>, StoreError> {
+        let entries =
+            fs::read_dir(&self.dir).map_err(|source| StoreError::Io { op: "list", path: self.dir.clone(), source })?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();

@@ -1,0 +1,82 @@
+//! The REST API driven through the router, without sockets.
+
+mod common;
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+use axum::{body::Body, http::Request};
+use common::{create_event, registry, Proc};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use tracer_node::{router, AppState};
+
+fn state(reg: Arc<tracer_node::registry::Registry>) -> AppState {
+    AppState { registry: reg, node_name: "node-a".into(), ready: Arc::new(AtomicBool::new(true)) }
+}
+
+async fn get(app: &AppState, path: &str) -> (u16, Option<String>, Value) {
+    let resp =
+        router(app.clone()).oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("response");
+    let status = resp.status().as_u16();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, ctype, serde_json::from_slice(&bytes).expect("JSON body"))
+}
+
+#[tokio::test]
+async fn pods_is_an_empty_json_object_when_nothing_is_registered() {
+    let app = state(registry(None));
+    let (status, ctype, body) = get(&app, "/v1/pods").await;
+    assert_eq!(status, 200);
+    assert_eq!(ctype.as_deref(), Some("application/json"));
+    assert_eq!(body, serde_json::json!({}));
+}
+
+#[tokio::test]
+async fn a_registered_container_is_listed_in_the_contract_shape() {
+    let reg = registry(None);
+    let init = Proc::spawn();
+    reg.apply(create_event("c1", init.pid(), "web-1", "shop", "nginx")).expect("register");
+    let (status, _, body) = get(&state(reg), "/v1/pods").await;
+    assert_eq!(status, 200);
+    let c = &body["web-1"]["Containers"]["nginx"];
+    assert_eq!(c["Id"], "nginx");
+    assert_eq!(c["Pod"], "web-1");
+    assert_eq!(c["Namespace"], "shop");
+    assert_eq!(c["ContainerId"], "c1");
+    assert_eq!(c["Tasks"], serde_json::json!([init.pid()]));
+    assert_eq!(c["Parent"], serde_json::json!([std::process::id()]));
+}
+
+#[tokio::test]
+async fn pods_sharing_a_name_across_namespaces_are_keyed_by_namespace() {
+    let reg = registry(None);
+    let (a, b, c) = (Proc::spawn(), Proc::spawn(), Proc::spawn());
+    reg.apply(create_event("a", a.pid(), "web", "team-a", "app")).expect("register");
+    reg.apply(create_event("b", b.pid(), "web", "team-b", "app")).expect("register");
+    reg.apply(create_event("c", c.pid(), "db", "team-a", "pg")).expect("register");
+    let (_, _, body) = get(&state(reg), "/v1/pods").await;
+    let mut keys: Vec<&String> = body.as_object().expect("object").keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["db", "team-a/web", "team-b/web"]);
+    assert_eq!(body["team-b/web"]["Containers"]["app"]["Pod"], "web");
+}
+
+#[tokio::test]
+async fn unknown_paths_answer_a_json_404() {
+    let (status, _, body) = get(&state(registry(None)), "/v1/nothing").await;
+    assert_eq!(status, 404);
+    assert!(body["Error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_reflects_start_up_state() {
+    let app = state(registry(None));
+    assert_eq!(get(&app, "/readyz").await.0, 200);
+    app.ready.store(false, std::sync::atomic::Ordering::Release);
+    let (status, _, body) = get(&app, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body["Error"].is_string());
+    assert_eq!(get(&app, "/healthz").await.0, 200);
+}

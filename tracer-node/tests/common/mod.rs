@@ -1,0 +1,70 @@
+//! Helpers shared by tracer-node's crate tests: real child processes stand in for container
+//! inits, so the registry's pidfd and procfs checks run for real without root.
+
+#![allow(dead_code)]
+
+use std::{process::Child, sync::Arc, time::Duration};
+
+use tracer_api::{hook::MESSAGE_VERSION, ContainerCreated, ContainerKind, ContainerStopped, RegistryEvent};
+use tracer_node::registry::{procfs::Procfs, store::Store, Registry};
+
+/// A `sleep` child, killed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn() -> Self {
+        Proc(std::process::Command::new("sleep").arg("300").spawn().expect("spawn sleep"))
+    }
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn registry(store: Option<Store>) -> Arc<Registry> {
+    Registry::new(Procfs::new("/proc", "/sys"), store)
+}
+
+pub fn created(id: &str, pid: u32, pod: &str, namespace: &str, name: &str) -> ContainerCreated {
+    ContainerCreated {
+        version: MESSAGE_VERSION,
+        id: id.into(),
+        pid,
+        pid_start_time: None,
+        pod: pod.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        kind: ContainerKind::Container,
+        runtime: Some("runc".into()),
+        bundle: "/b".into(),
+        annotations: Default::default(),
+        created_unix_ns: 1,
+    }
+}
+
+pub fn create_event(id: &str, pid: u32, pod: &str, namespace: &str, name: &str) -> RegistryEvent {
+    RegistryEvent::Created(created(id, pid, pod, namespace, name))
+}
+
+pub fn stop_event(id: &str) -> RegistryEvent {
+    RegistryEvent::Stopped(ContainerStopped { version: MESSAGE_VERSION, id: id.into(), stopped_unix_ns: 2 })
+}
+
+pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
