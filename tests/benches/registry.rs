@@ -32,7 +32,8 @@ fn ms(d: Duration) -> f64 {
 fn hook_overhead(runs: usize) {
     let node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
-    let with = Bundle::new(&["true"], &containerd_annotations("bench", "ns", "c"), Bundle::hooks_for(&node)).expect("bundle");
+    let with =
+        Bundle::new(&["true"], &containerd_annotations("bench", "ns", "c"), Bundle::hooks_for(&node)).expect("bundle");
     let without = Bundle::new(&["true"], &containerd_annotations("bench", "ns", "c"), json!({})).expect("bundle");
     let (mut a, mut b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for i in 0..runs + 5 {
@@ -120,7 +121,9 @@ fn measure_pods(node: &Node, expected: usize, requests: usize) -> (Duration, Dur
         lat.push(t.elapsed());
         bytes = body.len();
     }
-    let pods: serde_json::Value = serde_json::from_str(&agent.get(&url).call().expect("GET").body_mut().read_to_string().expect("body")).expect("json");
+    let pods: serde_json::Value =
+        serde_json::from_str(&agent.get(&url).call().expect("GET").body_mut().read_to_string().expect("body"))
+            .expect("json");
     assert_eq!(pods.as_object().map(|o| o.len()), Some(expected), "registered containers listed");
     lat.sort();
     (percentile(&lat, 0.5), percentile(&lat, 0.99), bytes)
@@ -139,7 +142,9 @@ fn pods_latency() {
     }
     let busybox = rootfs().join("bin/busybox");
     let mut noise: Vec<Child> = (0..10_000)
-        .map(|_| Command::new(&busybox).args(["sleep", "600"]).stdin(Stdio::null()).spawn().expect("spawn host process"))
+        .map(|_| {
+            Command::new(&busybox).args(["sleep", "600"]).stdin(Stdio::null()).spawn().expect("spawn host process")
+        })
         .collect();
     println!("  with 10,000 unrelated host processes running:");
     for (n, before) in &results {
