@@ -2,14 +2,24 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{error::ErrorKind, Parser};
 use tracing_subscriber::EnvFilter;
 
 /// sysexits EX_USAGE: the configuration is wrong.
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let config = tracer_node::Config::parse();
+    let config = match tracer_node::Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)

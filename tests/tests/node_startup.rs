@@ -1,0 +1,50 @@
+//! tracer-node refuses to start, with a clear message, when it cannot work.
+
+use std::process::Command;
+
+use e2e::{binary, require};
+
+#[test]
+fn without_cap_sys_admin_tracer_node_refuses_to_start_and_names_it() {
+    if !require(&["setpriv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", "--"])
+        .arg(binary("tracer-node"))
+        .args(["--address", "127.0.0.1:0"])
+        .arg("--registry-socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--spool-dir")
+        .arg(dir.path().join("spool"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run tracer-node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must not start: {stderr}");
+    assert!(stderr.contains("CAP_SYS_ADMIN") && stderr.contains("missing capabilities"), "{stderr}");
+    assert!(!dir.path().join("s.sock").exists(), "nothing is bound before the check");
+}
+
+#[test]
+fn bad_configuration_exits_64_before_binding_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in [
+        vec!["--state-dir", "relative/state"],
+        vec!["--address", "not-an-address"],
+        vec!["--procfs-path", "/nonexistent-proc"],
+    ] {
+        let out = Command::new(binary("tracer-node"))
+            .args(&args)
+            .arg("--registry-socket")
+            .arg(dir.path().join("s.sock"))
+            .output()
+            .expect("run tracer-node");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(!stderr.is_empty() && !stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!dir.path().join("s.sock").exists());
+    }
+}
