@@ -341,6 +341,18 @@ pub fn containerd_annotations(pod: &str, namespace: &str, container: &str) -> BT
     ])
 }
 
+/// Runs `cmd` with stdout and stderr (merged, in `Output::stdout`) going through a file in
+/// `scratch` rather than a pipe: a detached container's init inherits the runtime's stdio, and a
+/// pipe would never reach EOF.
+pub fn run_captured(cmd: &mut Command, scratch: &Path) -> Result<Output> {
+    let log_path = scratch.join(format!("{}.out", unique("cmd")));
+    let log = fs::File::create(&log_path)?;
+    let status = cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).status()?;
+    let text = fs::read(&log_path).unwrap_or_default();
+    let _ = fs::remove_file(&log_path);
+    Ok(Output { status, stdout: text, stderr: Vec::new() })
+}
+
 /// An OCI runtime (runc or crun) with its own state root, so tests never touch /run/runc.
 pub struct Runtime {
     /// `runc` or `crun`.
@@ -355,22 +367,9 @@ impl Runtime {
         Ok(Runtime { bin, root: tempfile::Builder::new().prefix("ct-rt-").tempdir()?, created: Default::default() })
     }
 
-    /// Runs `<bin> --root <root> args...`. Output goes through a file, not a pipe: a detached
-    /// container's init inherits the runtime's stdio, and a pipe would never reach EOF.
+    /// Runs `<bin> --root <root> args...` (see [`run_captured`]).
     pub fn cmd(&self, args: &[&str]) -> Result<Output> {
-        let log_path = self.root.path().join(format!("{}.out", unique("cmd")));
-        let log = fs::File::create(&log_path)?;
-        let status = Command::new(self.bin)
-            .arg("--root")
-            .arg(self.root.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()?;
-        let text = fs::read(&log_path).unwrap_or_default();
-        let _ = fs::remove_file(&log_path);
-        Ok(Output { status, stdout: text, stderr: Vec::new() })
+        run_captured(Command::new(self.bin).arg("--root").arg(self.root.path()).args(args), self.root.path())
     }
 
     fn ok(&self, args: &[&str]) -> Result<Output> {
@@ -470,29 +469,24 @@ impl Podman {
         Ok(Podman { dir })
     }
 
-    /// Runs `podman <global flags> args...`, output through a file (see [`Runtime::cmd`]).
+    /// Runs `podman <global flags> args...` (see [`run_captured`]); failure is an error.
     pub fn cmd(&self, args: &[&str]) -> Result<Output> {
         let d = self.dir.path();
-        let log_path = d.join(format!("{}.out", unique("cmd")));
-        let log = fs::File::create(&log_path)?;
-        let status = Command::new("podman")
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()?;
-        let text = fs::read(&log_path).unwrap_or_default();
-        let _ = fs::remove_file(&log_path);
-        if !status.success() {
-            bail!("podman {args:?} failed: {}", String::from_utf8_lossy(&text));
+        let out = run_captured(
+            Command::new("podman")
+                .env("CONTAINERS_CONF", d.join("containers.conf"))
+                .arg("--root")
+                .arg(d.join("root"))
+                .arg("--runroot")
+                .arg(d.join("runroot"))
+                .args(["--storage-driver", "vfs"])
+                .args(args),
+            d,
+        )?;
+        if !out.status.success() {
+            bail!("podman {args:?} failed: {}", String::from_utf8_lossy(&out.stdout));
         }
-        Ok(Output { status, stdout: text, stderr: Vec::new() })
+        Ok(out)
     }
 
     /// `podman run -d` of `command` in the busybox rootfs with `annotations`; returns the id.
