@@ -62,6 +62,144 @@ pub fn pod_key(namespace: &str, pod: &str, qualified: bool) -> String {
     }
 }
 
+/// `GET /v1/trace-hooks`: a list of providers, each a one-key object `{provider: Provider}`.
+pub type TraceHooks = Vec<BTreeMap<String, Provider>>;
+
+/// The hooks of one provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provider {
+    /// Hook name to hook.
+    #[serde(rename = "Tracers")]
+    pub tracers: BTreeMap<String, TraceHook>,
+}
+
+/// One trace hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceHook {
+    /// Help text, one line per entry.
+    #[serde(rename = "Description")]
+    pub description: Vec<String>,
+    /// The hook name.
+    #[serde(rename = "Name")]
+    pub name: String,
+}
+
+/// `POST /v1/trace-session` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    /// Pod name pattern (`*` and `?` wildcards); matches `<pod>` or `<namespace>/<pod>`.
+    pub pod: String,
+    /// Container name pattern.
+    pub container: String,
+    /// Hook name.
+    #[serde(rename = "trace-hook")]
+    pub trace_hook: String,
+    /// Hook arguments, one string split on whitespace.
+    #[serde(rename = "trace-arguments", default)]
+    pub trace_arguments: String,
+    /// Free text attached to the session.
+    #[serde(rename = "trace-user-context", default)]
+    pub trace_user_context: String,
+    /// Extension: create the session even when no container matches yet, and attach matching
+    /// containers as they appear.
+    #[serde(rename = "wait-for-containers", default)]
+    pub wait_for_containers: bool,
+}
+
+/// `PUT /v1/trace-session/<id>` body: `{"Run": bool}` (`run` accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunChange {
+    /// Start (`true`) or stop (`false`).
+    #[serde(rename = "Run", alias = "run")]
+    pub run: bool,
+}
+
+/// One session as `GET /v1/trace-session/<id>` shows it (inside `{ "<id>": ... }`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Pod name to the names of the session's containers in it.
+    #[serde(rename = "Containers")]
+    pub containers: BTreeMap<String, Vec<String>>,
+    /// The user context given at creation.
+    #[serde(rename = "Context")]
+    pub context: String,
+    /// Lines of the hook's start-up error, if it failed.
+    #[serde(rename = "Error")]
+    pub error: Option<Vec<String>>,
+    /// The session id, decimal.
+    #[serde(rename = "Id")]
+    pub id: String,
+    /// The node the session runs on.
+    #[serde(rename = "Node")]
+    pub node: String,
+    /// Lines the hook returned when it started.
+    #[serde(rename = "Output")]
+    pub output: Option<Vec<String>>,
+    /// Whether the session is tracing now.
+    #[serde(rename = "Running")]
+    pub running: bool,
+    /// The hook name.
+    #[serde(rename = "TraceHook")]
+    pub trace_hook: String,
+    /// The hook arguments, split on whitespace.
+    #[serde(rename = "TraceParams")]
+    pub trace_params: Vec<String>,
+}
+
+/// `GET /v1/trace-session/<id>` and `all`: session id to session.
+pub type Sessions = BTreeMap<String, SessionInfo>;
+
+/// One kernel event of a session, a line of `GET /v1/trace-session/<id>/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    /// Kernel timestamp in ns (the instance's trace clock, `mono`).
+    pub timestamp: u64,
+    /// CPU the event was recorded on.
+    pub cpu: u32,
+    /// Thread id.
+    pub pid: i32,
+    /// Process id (thread group).
+    pub tgid: i32,
+    /// Command name of the thread when it was first seen (after exec, the new one).
+    pub comm: String,
+    /// Event name (`sys_enter_openat`).
+    pub event: String,
+    /// Event subsystem (`syscalls`).
+    pub system: String,
+    /// The event's own fields, decoded from the kernel's format description.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Node name.
+    pub node: String,
+    /// Namespace of the container's pod.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name (empty when the thread could not be tied to a container).
+    pub container: String,
+    /// Runtime container id.
+    pub container_id: String,
+    /// Session id.
+    pub session: String,
+}
+
+/// `GET /v1/trace-session/<id>/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStats {
+    /// Every event taken from the kernel.
+    pub events_read: u64,
+    /// Events the kernel overwrote before they were read (`overrun` of `per_cpu/cpuN/stats`).
+    pub events_lost_kernel: u64,
+    /// Events a live consumer (a following stream) missed because it was too slow.
+    pub events_dropped: u64,
+    /// Events that aged out of the retention buffer with no consumer (not a loss).
+    pub events_aged_out: u64,
+    /// Events held in the retention buffer now.
+    pub events_retained: u64,
+    /// Whether the session is running.
+    pub running: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod caps;
 pub mod config;
 pub mod ftrace;
+pub mod hooks;
 pub mod registry;
 
 use std::sync::{atomic::AtomicBool, Arc};

@@ -7,9 +7,29 @@ use std::{
 
 use tracing::info;
 
-/// Errors locating or mounting tracefs.
+/// Errors of tracefs access.
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
+    /// Reading or writing a control file failed.
+    #[error("tracefs {op} {path}: {source}")]
+    Io {
+        /// What was attempted (`read`, `write`, `mkdir`, `rmdir`...).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A format description could not be parsed.
+    #[error("tracefs {path}: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: super::format::FormatError,
+    },
     /// tracefs is not mounted and mounting it failed.
     #[error("tracefs is not mounted and mounting it at {path} failed: {source}")]
     Mount {
@@ -56,6 +76,60 @@ impl Tracefs {
             .map_err(|e| TracefsError::Mount { path: primary.clone(), source: e.into() })?;
         info!(path = %primary.display(), "mounted tracefs");
         Ok(Self::at(primary))
+    }
+}
+
+/// Prefix of every ftrace instance container-tracer creates; instances with it are ours to
+/// remove at start-up and on `DELETE all`.
+pub const INSTANCE_PREFIX: &str = "container-tracer-";
+
+impl Tracefs {
+    /// Reads a file under the root.
+    pub fn read(&self, rel: &str) -> Result<String, TracefsError> {
+        let path = self.root.join(rel);
+        std::fs::read_to_string(&path).map_err(|source| TracefsError::Io { op: "read", path, source })
+    }
+
+    /// Every `system:event` the kernel offers.
+    pub fn available_events(&self) -> Result<std::collections::HashSet<String>, TracefsError> {
+        Ok(self.read("available_events")?.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
+    }
+
+    /// The format of `system:event`.
+    pub fn event_format(&self, system: &str, event: &str) -> Result<super::format::EventFormat, TracefsError> {
+        let rel = format!("events/{system}/{event}/format");
+        let text = self.read(&rel)?;
+        super::format::parse_event_format(system, &text)
+            .map_err(|source| TracefsError::Format { path: self.root.join(rel), source })
+    }
+
+    /// The ring-buffer page layout.
+    pub fn page_header(&self) -> Result<super::format::PageHeader, TracefsError> {
+        let text = self.read("events/header_page")?;
+        super::format::parse_header_page(&text)
+            .map_err(|source| TracefsError::Format { path: self.root.join("events/header_page"), source })
+    }
+
+    /// Names of the instances present.
+    pub fn instances(&self) -> Result<Vec<String>, TracefsError> {
+        let path = self.root.join("instances");
+        let entries = std::fs::read_dir(&path).map_err(|source| TracefsError::Io { op: "list", path, source })?;
+        Ok(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+    }
+
+    /// Removes every instance named with [`INSTANCE_PREFIX`] (left by a previous run that was
+    /// killed). Returns how many were removed.
+    pub fn remove_stale_instances(&self) -> Result<usize, TracefsError> {
+        let mut removed = 0;
+        for name in self.instances()?.into_iter().filter(|n| n.starts_with(INSTANCE_PREFIX)) {
+            let dir = self.root.join("instances").join(&name);
+            // Stop recording first so the removal does not race a full buffer.
+            let _ = std::fs::write(dir.join("tracing_on"), "0");
+            super::instance::remove_dir_retrying(&dir)?;
+            info!(instance = %name, "removed stale ftrace instance");
+            removed += 1;
+        }
+        Ok(removed)
     }
 }
 

@@ -1,0 +1,167 @@
+//! One ftrace instance (`instances/<name>`): a private ring buffer with its own event
+//! selection, pid filter and options. An RAII value: dropping it removes the instance.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tracing::{debug, warn};
+
+use super::tracefs::{Tracefs, TracefsError, INSTANCE_PREFIX};
+
+/// A live instance, removed on drop.
+#[derive(Debug)]
+pub struct Instance {
+    name: String,
+    dir: PathBuf,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TracefsError + 'a {
+    move |source| TracefsError::Io { op, path: path.to_owned(), source }
+}
+
+/// `rmdir` of an instance, retried a few times: it answers EBUSY while a reader still has a
+/// per-CPU pipe open (the reader threads are closing theirs).
+pub(crate) fn remove_dir_retrying(dir: &Path) -> Result<(), TracefsError> {
+    let mut last = None;
+    for attempt in 0..50 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc_ebusy()) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(10 * (attempt + 1).min(10)));
+            }
+            Err(e) => return Err(io_err("rmdir", dir)(e)),
+        }
+    }
+    Err(io_err("rmdir", dir)(last.unwrap_or_else(|| io::Error::other("busy"))))
+}
+
+fn libc_ebusy() -> i32 {
+    rustix::io::Errno::BUSY.raw_os_error()
+}
+
+impl Instance {
+    /// Creates `instances/<prefix><suffix>` with recording off; a leftover of the same name is
+    /// removed first.
+    pub fn create(tracefs: &Tracefs, suffix: &str) -> Result<Self, TracefsError> {
+        let name = format!("{INSTANCE_PREFIX}{suffix}");
+        let dir = tracefs.root().join("instances").join(&name);
+        if dir.exists() {
+            remove_dir_retrying(&dir)?;
+        }
+        fs::create_dir(&dir).map_err(io_err("mkdir", &dir))?;
+        let inst = Instance { name, dir };
+        // A new instance records at once; nothing may be recorded before the pid filter is set.
+        inst.write("tracing_on", "0")?;
+        Ok(inst)
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The instance directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `value` to a control file (truncating).
+    pub fn write(&self, rel: &str, value: &str) -> Result<(), TracefsError> {
+        let path = self.dir.join(rel);
+        fs::write(&path, value).map_err(io_err("write", &path))
+    }
+
+    /// Appends to a control file (`set_event_pid` keeps its list then).
+    pub fn append(&self, rel: &str, value: &str) -> Result<(), TracefsError> {
+        let path = self.dir.join(rel);
+        let mut f = OpenOptions::new().append(true).open(&path).map_err(io_err("open", &path))?;
+        f.write_all(value.as_bytes()).map_err(io_err("write", &path))
+    }
+
+    /// Reads a control file.
+    pub fn read(&self, rel: &str) -> Result<String, TracefsError> {
+        let path = self.dir.join(rel);
+        fs::read_to_string(&path).map_err(io_err("read", &path))
+    }
+
+    /// Sets an option (`options/<name>`).
+    pub fn set_option(&self, name: &str, on: bool) -> Result<(), TracefsError> {
+        self.write(&format!("options/{name}"), if on { "1" } else { "0" })
+    }
+
+    /// Enables one event, or a whole system when `event` is `None`.
+    pub fn enable_event(&self, system: &str, event: Option<&str>) -> Result<(), TracefsError> {
+        match event {
+            Some(e) => self.write(&format!("events/{system}/{e}/enable"), "1"),
+            None => self.write(&format!("events/{system}/enable"), "1"),
+        }
+    }
+
+    /// Sets the filter of one event. The expression must have been validated by the caller.
+    pub fn set_filter(&self, system: &str, event: &str, expr: &str) -> Result<(), TracefsError> {
+        self.write(&format!("events/{system}/{event}/filter"), expr)
+    }
+
+    /// Adds thread ids to `set_event_pid`, in chunks the kernel's parser takes in one write.
+    pub fn add_pids(&self, tids: &[u32]) -> Result<(), TracefsError> {
+        for chunk in tids.chunks(256) {
+            let text: Vec<String> = chunk.iter().map(u32::to_string).collect();
+            // A thread that exited meanwhile makes the kernel refuse nothing: it filters by id.
+            self.append("set_event_pid", &format!("{}\n", text.join(" ")))?;
+        }
+        Ok(())
+    }
+
+    /// The thread ids in `set_event_pid` (the kernel adds forked children with `event-fork`).
+    pub fn pids(&self) -> Result<Vec<u32>, TracefsError> {
+        Ok(self.read("set_event_pid")?.split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
+    }
+
+    /// Turns recording on or off.
+    pub fn set_tracing_on(&self, on: bool) -> Result<(), TracefsError> {
+        self.write("tracing_on", if on { "1" } else { "0" })
+    }
+
+    /// CPU numbers that have a per-CPU buffer.
+    pub fn cpus(&self) -> Result<Vec<usize>, TracefsError> {
+        let dir = self.dir.join("per_cpu");
+        let mut cpus: Vec<usize> = fs::read_dir(&dir)
+            .map_err(io_err("list", &dir))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("cpu")?.parse().ok())
+            .collect();
+        cpus.sort_unstable();
+        Ok(cpus)
+    }
+
+    /// The `overrun` count of a CPU's buffer: events the kernel overwrote before they were read.
+    pub fn overrun(&self, cpu: usize) -> Result<u64, TracefsError> {
+        let text = self.read(&format!("per_cpu/cpu{cpu}/stats"))?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("overrun:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Path of a CPU's binary pipe.
+    pub fn pipe_raw(&self, cpu: usize) -> PathBuf {
+        self.dir.join(format!("per_cpu/cpu{cpu}/trace_pipe_raw"))
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.set_tracing_on(false);
+        match remove_dir_retrying(&self.dir) {
+            Ok(()) => debug!(instance = %self.name, "ftrace instance removed"),
+            Err(e) => warn!(instance = %self.name, error = %e, "cannot remove ftrace instance"),
+        }
+    }
+}

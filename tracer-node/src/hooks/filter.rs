@@ -1,0 +1,200 @@
+//! Validation of ftrace filter expressions before they reach `events/.../filter`. Only the
+//! kernel's documented grammar is let through: field names of the selected events, comparison
+//! and bit operators, numbers, quoted strings, `&&`, `||`, `!` and parentheses.
+
+use std::collections::HashSet;
+
+/// Longest expression accepted.
+const MAX_LEN: usize = 4096;
+
+#[derive(Debug, PartialEq)]
+enum Tok {
+    Ident(String),
+    Num,
+    Str,
+    Cmp,
+    And,
+    Or,
+    Not,
+    Open,
+    Close,
+}
+
+fn tokens(expr: &str) -> Result<Vec<Tok>, String> {
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' => i += 1,
+            b'(' => {
+                out.push(Tok::Open);
+                i += 1
+            }
+            b')' => {
+                out.push(Tok::Close);
+                i += 1
+            }
+            b'&' if b.get(i + 1) == Some(&b'&') => {
+                out.push(Tok::And);
+                i += 2
+            }
+            b'|' if b.get(i + 1) == Some(&b'|') => {
+                out.push(Tok::Or);
+                i += 2
+            }
+            b'=' | b'!' | b'<' | b'>' | b'~' | b'&' => {
+                let two = b.get(i + 1) == Some(&b'=');
+                if c == b'!' && !two {
+                    out.push(Tok::Not);
+                    i += 1;
+                } else if c == b'=' && !two {
+                    return Err("'=' is not an operator; use '=='".into());
+                } else {
+                    out.push(Tok::Cmp);
+                    i += if two { 2 } else { 1 };
+                }
+            }
+            b'"' | b'\'' => {
+                let end = b[i + 1..].iter().position(|x| *x == c).ok_or("unterminated string")?;
+                let s = &b[i + 1..i + 1 + end];
+                if s.iter().any(|x| x.is_ascii_control() || *x == b'\\') {
+                    return Err("control characters or backslashes in a string".into());
+                }
+                out.push(Tok::Str);
+                i += end + 2;
+            }
+            b'0'..=b'9' | b'-' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && (b[i].is_ascii_alphanumeric()) {
+                    i += 1;
+                }
+                let n = &expr[start..i];
+                let ok = n.parse::<i64>().is_ok()
+                    || n.strip_prefix("0x").is_some_and(|h| u64::from_str_radix(h, 16).is_ok());
+                if !ok {
+                    return Err(format!("{n:?} is not a number"));
+                }
+                out.push(Tok::Num);
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                out.push(Tok::Ident(expr[start..i].to_owned()));
+            }
+            other => return Err(format!("character {:?} is not allowed in a filter", other as char)),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks `expr`; every field must exist in every selected event (`fields`, one set per
+/// event), since the same filter is written to each. Errors say what is wrong.
+pub fn validate(expr: &str, fields: &[HashSet<String>]) -> Result<(), String> {
+    if expr.trim().is_empty() {
+        return Err("empty filter".into());
+    }
+    if expr.len() > MAX_LEN {
+        return Err(format!("filter longer than {MAX_LEN} characters"));
+    }
+    let toks = tokens(expr)?;
+    // Grammar: expr := term (("&&"|"||") term)* ; term := "!"* ( "(" expr ")" | IDENT CMP value )
+    let mut pos = 0;
+    parse_expr(&toks, &mut pos, fields, 0)?;
+    if pos != toks.len() {
+        return Err("unexpected text after the end of the filter".into());
+    }
+    Ok(())
+}
+
+fn parse_expr(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), String> {
+    if depth > 32 {
+        return Err("filter nested too deeply".into());
+    }
+    parse_term(t, pos, fields, depth)?;
+    while matches!(t.get(*pos), Some(Tok::And | Tok::Or)) {
+        *pos += 1;
+        parse_term(t, pos, fields, depth)?;
+    }
+    Ok(())
+}
+
+fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), String> {
+    while t.get(*pos) == Some(&Tok::Not) {
+        *pos += 1;
+    }
+    match t.get(*pos) {
+        Some(Tok::Open) => {
+            *pos += 1;
+            parse_expr(t, pos, fields, depth + 1)?;
+            if t.get(*pos) != Some(&Tok::Close) {
+                return Err("missing ')'".into());
+            }
+            *pos += 1;
+            Ok(())
+        }
+        Some(Tok::Ident(name)) => {
+            let common = matches!(name.as_str(), "common_pid" | "common_flags" | "common_preempt_count" | "CPU" | "COMM" | "comm");
+            if !common && !fields.iter().all(|f| f.contains(name)) {
+                return Err(format!("unknown field {name:?} in filter"));
+            }
+            *pos += 1;
+            if t.get(*pos) != Some(&Tok::Cmp) {
+                return Err(format!("expected a comparison after {name:?}"));
+            }
+            *pos += 1;
+            match t.get(*pos) {
+                Some(Tok::Num | Tok::Str) => {
+                    *pos += 1;
+                    Ok(())
+                }
+                _ => Err(format!("expected a number or a quoted string after {name:?} and its operator")),
+            }
+        }
+        _ => Err("expected a field comparison or '('".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f() -> Vec<HashSet<String>> {
+        vec![["prev_pid", "prio", "prev_comm"].iter().map(|s| (*s).to_owned()).collect()]
+    }
+
+    #[test]
+    fn the_documented_grammar_passes() {
+        for ok in [
+            "prev_pid == 1",
+            "prev_pid != 1 && prio < 100",
+            "(prev_pid >= 0x10 || prio <= -5) && !(prev_comm ~ \"ba*\")",
+            "prio & 4",
+            "common_pid == 42",
+        ] {
+            validate(ok, &f()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_a_reason() {
+        for bad in [
+            "",
+            "prev_pid = 1",
+            "nope == 1",
+            "prev_pid == 1 &&",
+            "prev_pid == 1; echo x",
+            "prev_pid == \"a\\\"",
+            "prev_pid == `id`",
+            "((prev_pid == 1)",
+            "prev_pid == 12abc",
+            "prev_pid prio",
+        ] {
+            assert!(validate(bad, &f()).is_err(), "{bad:?} must be refused");
+        }
+    }
+}
