@@ -35,6 +35,21 @@ pub struct Config {
     #[arg(long, env = "TRACER_SPOOL_DIR", default_value = DEFAULT_SPOOL_DIR)]
     pub spool_dir: PathBuf,
 
+    /// Directory of external trace hook providers (each sub-directory with an executable
+    /// `manager.*`); none when unset.
+    #[arg(long = "trace-hooks", env = "TRACER_HOOKS")]
+    pub trace_hooks: Option<PathBuf>,
+
+    /// Per-CPU ring buffer of each session's ftrace instance, in KiB.
+    #[arg(long, env = "TRACER_TRACE_BUFFER_KB", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub trace_buffer_kb: u64,
+
+    /// Events each session keeps for `GET /v1/trace-session/<id>/events`.
+    #[arg(long, env = "TRACER_TRACE_RETENTION", default_value_t = 262_144,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub trace_retention: u64,
+
     /// Directory where the registry is persisted, so a restart keeps the live containers.
     #[arg(long, env = "TRACER_STATE_DIR", default_value = "/run/container-tracer/state")]
     pub state_dir: PathBuf,
@@ -74,7 +89,10 @@ impl Config {
             ("registry-socket", &self.registry_socket),
             ("spool-dir", &self.spool_dir),
             ("state-dir", &self.state_dir),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.trace_hooks.as_ref().map(|p| ("trace-hooks", p)))
+        {
             if !path.is_absolute() {
                 return Err(ConfigError::RelativePath { flag, path: path.clone() });
             }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ftrace;
 pub mod hooks;
 pub mod registry;
+pub mod sessions;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
@@ -62,8 +63,31 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let node_name = config.node_name();
     info!(node = %node_name, tracefs = %tracefs.root().display(), "starting tracer-node");
 
+    // Instances a killed predecessor left behind are ours to remove before anything starts.
+    let stale = tracefs.remove_stale_instances()?;
+    if stale > 0 {
+        info!(removed = stale, "removed ftrace instances left by a previous run");
+    }
+
     let registry =
         Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?));
+    let external = match &config.trace_hooks {
+        Some(dir) => {
+            let env = hooks::external::ProviderEnv { procfs: config.procfs_path.clone(), sysfs: config.sysfs_path.clone() };
+            hooks::external::ExternalProvider::discover(dir, &env).await
+        }
+        None => Vec::new(),
+    };
+    let sessions = sessions::SessionManager::new(
+        node_name.clone(),
+        tracefs.clone(),
+        Arc::new(hooks::Catalog::new(tracefs.clone(), external)),
+        registry.clone(),
+        sessions::Settings {
+            buffer_kb: config.trace_buffer_kb,
+            retention_events: usize::try_from(config.trace_retention).unwrap_or(usize::MAX),
+        },
+    );
     let loaded = registry.load_persisted()?;
     info!(loaded, "registry loaded from the state directory");
 
@@ -84,7 +108,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let state = AppState { registry: registry.clone(), node_name, ready: ready.clone() };
+    let state = AppState { registry: registry.clone(), sessions: sessions.clone(), node_name, ready: ready.clone() };
     let address = config.address;
     let http = tokio::net::TcpListener::bind(address).await.map_err(|source| RunError::Serve { address, source })?;
     ready.store(true, std::sync::atomic::Ordering::Release);
@@ -93,6 +117,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     socket_task.abort();
     spool_task.abort();
+    // Leave no instance behind: stop every session (their readers drain) and remove them.
+    if let Err(e) = sessions.delete_all().await {
+        tracing::warn!(error = %e, "cleaning up sessions at shutdown failed");
+    }
     let _ = std::fs::remove_file(&config.registry_socket);
     info!("stopped");
     served.map_err(|source| RunError::Serve { address, source })

@@ -12,7 +12,13 @@ use tower::ServiceExt;
 use tracer_node::{router, AppState};
 
 fn state(reg: Arc<tracer_node::registry::Registry>) -> AppState {
-    AppState { registry: reg, node_name: "node-a".into(), ready: Arc::new(AtomicBool::new(true)) }
+    // Session handling is covered against the real tracefs in the end-to-end tests; here a
+    // tracefs that is only a directory is enough.
+    let tracefs = tracer_node::ftrace::Tracefs::at(std::env::temp_dir());
+    let catalog = Arc::new(tracer_node::hooks::Catalog::new(tracefs.clone(), Vec::new()));
+    let sessions =
+        tracer_node::sessions::SessionManager::new("node-a".into(), tracefs, catalog, reg.clone(), Default::default());
+    AppState { registry: reg, sessions, node_name: "node-a".into(), ready: Arc::new(AtomicBool::new(true)) }
 }
 
 async fn get(app: &AppState, path: &str) -> (u16, Option<String>, Value) {

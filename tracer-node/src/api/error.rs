@@ -17,6 +17,12 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the current state (start of a running session).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is too large.
+    #[error("{0}")]
+    TooLarge(String),
     /// A fault of ours: logged with details, answered without them.
     #[error("internal error: {0}")]
     Internal(String),
@@ -27,6 +33,8 @@ impl IntoResponse for ApiError {
         let (status, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::Internal(detail) => {
                 error!(%detail, "internal error answering a request");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error, see the tracer-node log".to_owned())

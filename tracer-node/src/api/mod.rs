@@ -2,24 +2,32 @@
 
 pub mod error;
 pub mod pods;
+pub mod sessions;
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc,
 };
 
-use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    routing::get,
+    Json, Router,
+};
 use serde_json::{json, Value};
 use tracing::instrument;
 
 pub use self::error::ApiError;
-use crate::registry::Registry;
+use crate::{registry::Registry, sessions::SessionManager};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The live container registry.
     pub registry: Arc<Registry>,
+    /// Trace sessions.
+    pub sessions: Arc<SessionManager>,
     /// This node's name.
     pub node_name: String,
     /// Set once the registry is loaded, the socket bound and the spool replayed.
@@ -30,9 +38,18 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/pods", get(get_pods))
+        .route("/v1/trace-hooks", get(sessions::get_trace_hooks))
+        .route("/v1/trace-session", axum::routing::post(sessions::post_session))
+        .route(
+            "/v1/trace-session/{id}",
+            get(sessions::get_session).put(sessions::put_session).delete(sessions::delete_session),
+        )
+        .route("/v1/trace-session/{id}/events", get(sessions::get_events))
+        .route("/v1/trace-session/{id}/stats", get(sessions::get_stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(sessions::MAX_BODY))
         .with_state(state)
 }
 

@@ -87,7 +87,7 @@ impl Instance {
     /// Reads a control file.
     pub fn read(&self, rel: &str) -> Result<String, TracefsError> {
         let path = self.dir.join(rel);
-        fs::read_to_string(&path).map_err(io_err("read", &path))
+        super::tracefs::read_file(&path).map_err(io_err("read", &path))
     }
 
     /// Sets an option (`options/<name>`).

@@ -79,6 +79,24 @@ impl Tracefs {
     }
 }
 
+/// Reads a tracefs file with large reads. Some tracefs files (`events/header_page`) answer
+/// only the first read: `read_to_string`'s small first probe would cut them at 32 bytes.
+pub(crate) fn read_file(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Prefix of every ftrace instance container-tracer creates; instances with it are ours to
 /// remove at start-up and on `DELETE all`.
 pub const INSTANCE_PREFIX: &str = "container-tracer-";
@@ -87,7 +105,7 @@ impl Tracefs {
     /// Reads a file under the root.
     pub fn read(&self, rel: &str) -> Result<String, TracefsError> {
         let path = self.root.join(rel);
-        std::fs::read_to_string(&path).map_err(|source| TracefsError::Io { op: "read", path, source })
+        read_file(&path).map_err(|source| TracefsError::Io { op: "read", path, source })
     }
 
     /// Every `system:event` the kernel offers.

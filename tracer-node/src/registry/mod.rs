@@ -82,6 +82,15 @@ pub enum RegistryError {
     },
 }
 
+/// Told of every registration and removal, synchronously: a registration is reported before
+/// the hook gets its answer, so running sessions can trace a container from its first exec.
+pub trait RegistryObserver: Send + Sync {
+    /// A container was registered.
+    fn registered(&self, entry: &Entry);
+    /// A container was removed.
+    fn unregistered(&self, id: &str);
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -117,6 +126,13 @@ pub struct Registry {
     store: Option<Store>,
     generation: AtomicU64,
     exits: Option<Arc<ExitWatcher>>,
+    observer: std::sync::OnceLock<Weak<dyn RegistryObserver>>,
+}
+
+impl std::fmt::Debug for dyn RegistryObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryObserver")
+    }
 }
 
 const MAX_NAME: usize = 253;
@@ -133,8 +149,24 @@ impl Registry {
             let exits = ExitWatcher::start(me.clone())
                 .map_err(|e| error!(error = %e, "cannot start the exit watcher; exits are seen at poststop only"))
                 .ok();
-            Self { containers: Mutex::new(HashMap::new()), procfs, store, generation: AtomicU64::new(1), exits }
+            Self {
+                containers: Mutex::new(HashMap::new()),
+                procfs,
+                store,
+                generation: AtomicU64::new(1),
+                exits,
+                observer: std::sync::OnceLock::new(),
+            }
         })
+    }
+
+    /// Sets the observer (once).
+    pub fn set_observer(&self, observer: Weak<dyn RegistryObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn observer(&self) -> Option<Arc<dyn RegistryObserver>> {
+        self.observer.get().and_then(Weak::upgrade)
     }
 
     /// The procfs the registry reads.
@@ -258,8 +290,12 @@ impl Registry {
             pid, kind = ?rec.kind, cgroup = ?cgroup, "registered"
         );
         let entry = Entry { record: Arc::new(rec), start_time: stat.start_time, ppid: stat.ppid, cgroup, generation };
-        if let Some(old) = map.insert(id, entry) {
+        if let Some(old) = map.insert(id, entry.clone()) {
             self.unwatch(old.generation);
+        }
+        drop(map);
+        if let Some(o) = self.observer() {
+            o.registered(&entry);
         }
         Ok(Applied::Registered)
     }
@@ -281,6 +317,9 @@ impl Registry {
             }
         }
         info!(container_id = %id, pod = %entry.record.pod, container = %entry.record.name, reason = why, "unregistered");
+        if let Some(o) = self.observer() {
+            o.unregistered(id);
+        }
         Applied::Unregistered
     }
 

@@ -44,6 +44,11 @@ impl Procfs {
         Self { proc_root: proc_root.into(), cgroup_root: sysfs_root.as_ref().join("fs/cgroup") }
     }
 
+    /// The procfs root.
+    pub fn root(&self) -> &Path {
+        &self.proc_root
+    }
+
     /// Parsed `/proc/<pid>/stat`.
     pub fn stat(&self, pid: u32) -> Result<Stat, ProcError> {
         let path = self.proc_root.join(pid.to_string()).join("stat");
@@ -120,6 +125,14 @@ impl Procfs {
             None => pids.clear(),
         }
         pids
+    }
+
+    /// Thread ids of process `pid` (just `pid` if its task list cannot be read).
+    pub fn threads(&self, pid: u32) -> Vec<u32> {
+        match fs::read_dir(self.proc_root.join(pid.to_string()).join("task")) {
+            Ok(entries) => entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect(),
+            Err(_) => vec![pid],
+        }
     }
 
     /// The init and its descendants, through `task/<tid>/children` of every thread.

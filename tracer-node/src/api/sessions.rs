@@ -1,0 +1,178 @@
+//! `/v1/trace-hooks` and `/v1/trace-session[...]` handlers, plus the session events stream
+//! and statistics (extensions on new paths).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{rejection::BytesRejection, Path, Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use futures_util::{stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracer_api::v1::{NewSession, RunChange, SessionStats, Sessions, TraceHooks};
+use tracing::instrument;
+
+use super::{error::ApiError, AppState};
+use crate::{
+    hooks::HookError,
+    sessions::{
+        events::{to_wire, Batch},
+        parse_id, SessionError,
+    },
+};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::NotFound(_) | SessionError::NoMatch { .. } | SessionError::Hook(HookError::Unknown(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
+            SessionError::BadId(_)
+            | SessionError::Invalid(_)
+            | SessionError::Hook(HookError::BadArguments(_))
+            | SessionError::StartFailed { .. } => ApiError::BadRequest(e.to_string()),
+            SessionError::AlreadyRunning(_) => ApiError::Conflict(e.to_string()),
+            SessionError::Hook(HookError::Kernel(_)) | SessionError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Parses a JSON body, whatever its content type (curl users often leave it out).
+fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("request body larger than {MAX_BODY} bytes"))
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {r}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+pub(super) async fn get_trace_hooks(State(state): State<AppState>) -> Json<TraceHooks> {
+    Json(state.sessions.catalog().describe())
+}
+
+#[instrument(skip_all)]
+pub(super) async fn post_session(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Sessions>, ApiError> {
+    let spec: NewSession = json_body(body)?;
+    let info = state.sessions.create(spec)?;
+    Ok(Json(BTreeMap::from([(info.id.clone(), info)])))
+}
+
+#[instrument(skip_all, fields(session = %id))]
+pub(super) async fn get_session(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Sessions>, ApiError> {
+    if id == "all" {
+        return Ok(Json(state.sessions.all()));
+    }
+    let s = state.sessions.get(parse_id(&id)?)?;
+    let info = state.sessions.info(&s);
+    Ok(Json(BTreeMap::from([(info.id.clone(), info)])))
+}
+
+#[instrument(skip_all, fields(session = %id))]
+pub(super) async fn put_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let change: RunChange = json_body(body)?;
+    state.sessions.get(id)?;
+    if change.run {
+        state.sessions.start(id).await?;
+    } else {
+        state.sessions.stop(id).await?;
+    }
+    Ok(Json(json!({})))
+}
+
+#[instrument(skip_all, fields(session = %id))]
+pub(super) async fn delete_session(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if id == "all" {
+        state.sessions.delete_all().await?;
+    } else {
+        state.sessions.delete(parse_id(&id)?).await?;
+    }
+    Ok(Json(json!({})))
+}
+
+pub(super) async fn get_stats(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SessionStats>, ApiError> {
+    Ok(Json(state.sessions.stats(parse_id(&id)?)?))
+}
+
+/// Query of the events stream.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Events per chunk of the streamed body.
+const CHUNK_EVENTS: usize = 512;
+
+pub(super) async fn get_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+    let id = parse_id(&id)?;
+    let session = state.sessions.get(id)?;
+    let (store, formats) = session.events();
+    let node = state.node_name.clone();
+    let sid = id.to_string();
+    let (snapshot, live) = if q.follow { store.follow() } else { (store.snapshot(), store.follow_closed()) };
+    // What is retained comes out in time order across CPUs; live batches as they arrive.
+    let mut order: Vec<(u64, u32, u32)> = Vec::new();
+    for (b, batch) in snapshot.iter().enumerate() {
+        for (r, rec) in batch.records.iter().enumerate() {
+            order.push((rec.ts, b as u32, r as u32));
+        }
+    }
+    order.sort_unstable();
+    let snapshot = Arc::new(snapshot);
+    let (f1, n1, s1) = (formats.clone(), node.clone(), sid.clone());
+    let head = stream::iter(order.chunks(CHUNK_EVENTS).map(<[_]>::to_vec).collect::<Vec<_>>()).map(move |chunk| {
+        let mut out = Vec::with_capacity(chunk.len() * 256);
+        for (_, b, r) in chunk {
+            let batch = &snapshot[b as usize];
+            encode(&mut out, batch, &batch.records[r as usize], &f1, &n1, &s1);
+        }
+        Ok::<_, std::convert::Infallible>(Bytes::from(out))
+    });
+    let tail = stream::unfold(live, move |mut rx| {
+        let (formats, node, sid) = (formats.clone(), node.clone(), sid.clone());
+        async move {
+            let batch: Arc<Batch> = rx.recv().await?;
+            let mut out = Vec::with_capacity(batch.records.len() * 256);
+            for rec in &batch.records {
+                encode(&mut out, &batch, rec, &formats, &node, &sid);
+            }
+            Some((Ok(Bytes::from(out)), rx))
+        }
+    });
+    let body = Body::from_stream(head.chain(tail));
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn encode(
+    out: &mut Vec<u8>,
+    batch: &Batch,
+    rec: &crate::sessions::events::Record,
+    formats: &std::collections::HashMap<u16, crate::ftrace::format::EventFormat>,
+    node: &str,
+    sid: &str,
+) {
+    let ev = to_wire(batch, rec, formats, node, sid);
+    if serde_json::to_writer(&mut *out, &ev).is_ok() {
+        out.push(b'\n');
+    }
+}

@@ -1,0 +1,572 @@
+//! Trace sessions: a set of containers (chosen by pod and container patterns, and kept up to
+//! date as containers come and go), one trace hook with its arguments, a user context, and a
+//! running state. A running built-in session is one ftrace instance of ours, filtered to every
+//! thread of its containers, read losslessly through the per-CPU raw pipes.
+
+pub mod events;
+pub mod glob;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{BuildHasher, Hasher},
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use tracer_api::v1::{NewSession, SessionInfo, SessionStats};
+use tracing::{error, info, warn};
+
+use self::events::{ContainerTag, EventStore, Resolver};
+use crate::{
+    ftrace::{format::EventFormat, reader::Readers, Instance, Tracefs},
+    hooks::{external::RunningExternal, Catalog, FtracePlan, HookError, Plan},
+    registry::{Entry, Registry, RegistryObserver},
+};
+
+/// Why a session request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No session with that id.
+    #[error("no trace session {0}")]
+    NotFound(String),
+    /// The id is not a decimal u64 (or `all` where that is allowed).
+    #[error("{0:?} is not a session id")]
+    BadId(String),
+    /// A pattern or another field is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The patterns match no container (and the request did not ask to wait for one).
+    #[error("no container matches pod {pod:?} and container {container:?}")]
+    NoMatch {
+        /// Pod pattern.
+        pod: String,
+        /// Container pattern.
+        container: String,
+    },
+    /// The hook or its arguments.
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    /// Start of a session that runs already.
+    #[error("trace session {0} is already running")]
+    AlreadyRunning(u64),
+    /// The hook could not start; the reason is also in the session's `Error`.
+    #[error("trace session {id} could not start: {reason}")]
+    StartFailed {
+        /// Session id.
+        id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A fault of ours.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Tunables of every session.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Per-CPU ring buffer of each instance, in KiB.
+    pub buffer_kb: u64,
+    /// Events a session keeps for `GET .../events`.
+    pub retention_events: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { buffer_kb: 8192, retention_events: 262_144 }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attached {
+    tag: Arc<ContainerTag>,
+    init: u32,
+    cgroup: Option<std::path::PathBuf>,
+}
+
+enum Run {
+    Ftrace { instance: Instance, readers: Option<Readers>, recording: bool },
+    External(RunningExternal),
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Run::Ftrace { instance, recording, .. } => write!(f, "Ftrace({}, recording={recording})", instance.name()),
+            Run::External(_) => write!(f, "External"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    containers: BTreeMap<String, Attached>,
+    run: Option<Run>,
+    generation: u64,
+    output: Option<Vec<String>>,
+    error: Option<Vec<String>>,
+    formats: Arc<HashMap<u16, EventFormat>>,
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct Session {
+    /// The id.
+    pub id: u64,
+    spec: NewSession,
+    plan: Plan,
+    store: Arc<EventStore>,
+    resolver: Arc<Resolver>,
+    state: Mutex<State>,
+    /// Serialises start, stop and delete of this session.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The retained events and decoding tables, for the events endpoint.
+    pub fn events(&self) -> (Arc<EventStore>, Arc<HashMap<u16, EventFormat>>) {
+        (self.store.clone(), self.lock().formats.clone())
+    }
+
+    fn matches(&self, e: &Entry) -> bool {
+        let r = &e.record;
+        e.is_workload()
+            && (glob::matches(&self.spec.pod, &r.pod) || glob::matches(&self.spec.pod, &format!("{}/{}", r.namespace, r.pod)))
+            && glob::matches(&self.spec.container, &r.name)
+    }
+}
+
+/// All sessions of this node.
+#[derive(Debug)]
+pub struct SessionManager {
+    node: String,
+    tracefs: Tracefs,
+    catalog: Arc<Catalog>,
+    registry: Arc<Registry>,
+    settings: Settings,
+    sessions: Mutex<BTreeMap<u64, Arc<Session>>>,
+    me: Weak<SessionManager>,
+}
+
+/// Parses a session id.
+pub fn parse_id(s: &str) -> Result<u64, SessionError> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SessionError::BadId(s.chars().take(64).collect()));
+    }
+    s.parse().map_err(|_| SessionError::BadId(s.to_owned()))
+}
+
+fn check_pattern(what: &str, p: &str) -> Result<(), SessionError> {
+    if p.is_empty() || p.len() > 253 || p.chars().any(char::is_control) {
+        return Err(SessionError::Invalid(format!("{what} pattern must be 1 to 253 printable characters")));
+    }
+    Ok(())
+}
+
+/// Every thread id of a container's processes.
+fn container_tids(registry: &Registry, a: &Attached) -> Vec<u32> {
+    let procfs = registry.procfs();
+    procfs.tasks(a.init, a.cgroup.as_deref()).into_iter().flat_map(|pid| procfs.threads(pid)).collect()
+}
+
+impl SessionManager {
+    /// A manager for `node`, registered as the registry's observer so that containers are
+    /// attached to running sessions while their creation hook still waits.
+    pub fn new(node: String, tracefs: Tracefs, catalog: Arc<Catalog>, registry: Arc<Registry>, settings: Settings) -> Arc<Self> {
+        let m = Arc::new_cyclic(|me| SessionManager {
+            node,
+            tracefs,
+            catalog,
+            registry: registry.clone(),
+            settings,
+            sessions: Mutex::new(BTreeMap::new()),
+            me: me.clone(),
+        });
+        let observer: Weak<dyn RegistryObserver> = Arc::downgrade(&m) as Weak<dyn RegistryObserver>;
+        registry.set_observer(observer);
+        m
+    }
+
+    /// The hook catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session `id`.
+    pub fn get(&self, id: u64) -> Result<Arc<Session>, SessionError> {
+        self.map().get(&id).cloned().ok_or_else(|| SessionError::NotFound(id.to_string()))
+    }
+
+    fn new_id(&self) -> u64 {
+        let map = self.map();
+        loop {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+            let id = h.finish() >> 1;
+            if id != 0 && !map.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Creates a session (not started). Fails, leaving nothing behind, on a bad pattern, hook
+    /// or argument, or when nothing matches and `wait-for-containers` is not set.
+    pub fn create(&self, spec: NewSession) -> Result<SessionInfo, SessionError> {
+        check_pattern("pod", &spec.pod)?;
+        check_pattern("container", &spec.container)?;
+        if spec.trace_arguments.len() > 16 * 1024 || spec.trace_user_context.len() > 64 * 1024 {
+            return Err(SessionError::Invalid("trace-arguments or trace-user-context too long".into()));
+        }
+        let plan = self.catalog.plan(&spec.trace_hook, &spec.trace_arguments)?;
+        let id = self.new_id();
+        let session = Arc::new(Session {
+            id,
+            spec,
+            plan,
+            store: Arc::new(EventStore::new(self.settings.retention_events)),
+            resolver: Arc::new(Resolver::new(self.registry.procfs().clone())),
+            state: Mutex::new(State::default()),
+            op: tokio::sync::Mutex::new(()),
+        });
+        // In the map first, then the current containers: one registering meanwhile is seen by
+        // `registered` or by this snapshot, possibly both (attaching is idempotent).
+        self.map().insert(id, session.clone());
+        for e in self.registry.snapshot() {
+            if session.matches(&e) {
+                self.attach(&session, &e);
+            }
+        }
+        if session.lock().containers.is_empty() && !session.spec.wait_for_containers {
+            self.map().remove(&id);
+            return Err(SessionError::NoMatch { pod: session.spec.pod.clone(), container: session.spec.container.clone() });
+        }
+        info!(session = id, hook = %session.spec.trace_hook, pod = %session.spec.pod, container = %session.spec.container, "session created");
+        Ok(self.info(&session))
+    }
+
+    /// The session's wire form.
+    pub fn info(&self, s: &Session) -> SessionInfo {
+        let mut st = s.lock();
+        // An external hook that died on its own is not running any more.
+        if let Some(Run::External(ext)) = &mut st.run {
+            if ext.exited() {
+                let stderr = ext.stderr();
+                st.run = None;
+                st.error = Some(if stderr.is_empty() { vec!["the trace hook exited".into()] } else { stderr });
+            }
+        }
+        let mut containers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in st.containers.values() {
+            containers.entry(a.tag.pod.clone()).or_default().push(a.tag.name.clone());
+        }
+        SessionInfo {
+            containers,
+            context: s.spec.trace_user_context.clone(),
+            error: st.error.clone(),
+            id: s.id.to_string(),
+            node: self.node.clone(),
+            output: st.output.clone(),
+            running: st.run.is_some(),
+            trace_hook: s.spec.trace_hook.clone(),
+            trace_params: s.spec.trace_arguments.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+
+    /// Every session's wire form.
+    pub fn all(&self) -> BTreeMap<String, SessionInfo> {
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        sessions.iter().map(|s| (s.id.to_string(), self.info(s))).collect()
+    }
+
+    /// The session's statistics.
+    pub fn stats(&self, id: u64) -> Result<SessionStats, SessionError> {
+        let s = self.get(id)?;
+        let st = s.lock();
+        let live = match &st.run {
+            Some(Run::Ftrace { instance, .. }) => overrun(instance),
+            _ => 0,
+        };
+        Ok(s.store.stats(st.run.is_some(), live))
+    }
+
+    /// Adds a container to a session, and to its pid filter when it runs.
+    fn attach(&self, s: &Session, e: &Entry) {
+        let r = &e.record;
+        let tag = Arc::new(ContainerTag { id: r.id.clone(), pod: r.pod.clone(), namespace: r.namespace.clone(), name: r.name.clone() });
+        let a = Attached { tag: tag.clone(), init: r.pid, cgroup: e.cgroup.clone() };
+        let mut st = s.lock();
+        if st.containers.contains_key(&r.id) {
+            return;
+        }
+        s.resolver.add_container(r.pid, tag);
+        if let Some(Run::Ftrace { instance, recording, .. }) = &mut st.run {
+            let tids = container_tids(&self.registry, &a);
+            match instance.add_pids(&tids) {
+                Ok(()) => {
+                    if !*recording {
+                        match instance.set_tracing_on(true) {
+                            Ok(()) => *recording = true,
+                            Err(e) => error!(session = s.id, error = %e, "cannot start recording"),
+                        }
+                    }
+                    info!(session = s.id, container_id = %r.id, threads = tids.len(), "container attached to running session");
+                }
+                Err(e) => error!(session = s.id, container_id = %r.id, error = %e, "cannot add container to pid filter"),
+            }
+        } else if let Some(Run::External(_)) = &st.run {
+            warn!(session = s.id, container_id = %r.id, "external hooks cannot take new containers while running; attached at next start");
+        }
+        st.containers.insert(r.id.clone(), a);
+    }
+
+    /// Starts session `id`.
+    pub async fn start(&self, id: u64) -> Result<(), SessionError> {
+        let s = self.get(id)?;
+        let _op = s.op.lock().await;
+        if s.lock().run.is_some() {
+            return Err(SessionError::AlreadyRunning(id));
+        }
+        let result = match s.plan.clone() {
+            Plan::Ftrace(plan) => {
+                let (s2, tracefs, registry, settings) = (s.clone(), self.tracefs.clone(), self.registry.clone(), self.settings.clone());
+                tokio::task::spawn_blocking(move || start_ftrace(&s2, &plan, &tracefs, &registry, &settings))
+                    .await
+                    .map_err(|e| SessionError::Internal(format!("start task: {e}")))?
+            }
+            Plan::External { provider, hook, args } => {
+                let tids: Vec<u32> = {
+                    let st = s.lock();
+                    st.containers.values().flat_map(|a| container_tids(&self.registry, a)).collect()
+                };
+                match provider.run(&hook, &args, &tids, id).await {
+                    Ok(run) => {
+                        let mut st = s.lock();
+                        st.output = Some(vec![run.output.clone()]);
+                        st.error = None;
+                        st.run = Some(Run::External(run));
+                        Ok(None)
+                    }
+                    Err(lines) => Err(lines.join("; ")),
+                }
+            }
+        };
+        match result {
+            Ok(duration) => {
+                let generation = {
+                    let mut st = s.lock();
+                    st.generation += 1;
+                    st.generation
+                };
+                if let Some(d) = duration {
+                    self.stop_after(id, generation, d);
+                }
+                info!(session = id, "session started");
+                Ok(())
+            }
+            Err(reason) => {
+                let mut st = s.lock();
+                st.error = Some(vec![reason.clone()]);
+                st.output = None;
+                warn!(session = id, %reason, "session failed to start");
+                Err(SessionError::StartFailed { id, reason })
+            }
+        }
+    }
+
+    fn stop_after(&self, id: u64, generation: u64, d: Duration) {
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            if let Some(m) = me.upgrade() {
+                if let Ok(s) = m.get(id) {
+                    if s.lock().generation == generation {
+                        info!(session = id, "trace time elapsed");
+                        let _ = m.stop(id).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops session `id` (a stopped one stays stopped).
+    pub async fn stop(&self, id: u64) -> Result<(), SessionError> {
+        let s = self.get(id)?;
+        let _op = s.op.lock().await;
+        let run = {
+            let mut st = s.lock();
+            st.generation += 1;
+            st.run.take()
+        };
+        match run {
+            None => {}
+            Some(Run::Ftrace { instance, readers, .. }) => {
+                let store = s.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = instance.set_tracing_on(false);
+                    if let Some(r) = readers {
+                        r.stop_and_join();
+                    }
+                    store.add_lost_kernel(overrun(&instance));
+                    drop(instance);
+                })
+                .await
+                .map_err(|e| SessionError::Internal(format!("stop task: {e}")))?;
+            }
+            Some(Run::External(ext)) => {
+                let stderr = ext.stop().await;
+                if !stderr.is_empty() {
+                    s.lock().error = Some(stderr);
+                }
+            }
+        }
+        s.store.close_followers();
+        let stats = s.store.stats(false, 0);
+        info!(session = id, events_read = stats.events_read, events_lost_kernel = stats.events_lost_kernel,
+              events_dropped = stats.events_dropped, "session stopped");
+        Ok(())
+    }
+
+    /// Deletes session `id`, stopping it first.
+    pub async fn delete(&self, id: u64) -> Result<(), SessionError> {
+        self.stop(id).await?;
+        self.map().remove(&id);
+        info!(session = id, "session deleted");
+        Ok(())
+    }
+
+    /// Deletes every session and resets the tracing subsystems: no instance of ours is left.
+    pub async fn delete_all(&self) -> Result<(), SessionError> {
+        let ids: Vec<u64> = self.map().keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.delete(id).await {
+                warn!(session = id, error = %e, "delete failed");
+            }
+        }
+        let tracefs = self.tracefs.clone();
+        tokio::task::spawn_blocking(move || tracefs.remove_stale_instances())
+            .await
+            .map_err(|e| SessionError::Internal(e.to_string()))?
+            .map_err(|e| SessionError::Internal(e.to_string()))?;
+        for p in self.catalog.external() {
+            p.clear().await;
+        }
+        Ok(())
+    }
+}
+
+fn overrun(instance: &Instance) -> u64 {
+    instance.cpus().unwrap_or_default().into_iter().map(|c| instance.overrun(c).unwrap_or(0)).sum()
+}
+
+/// Sets up the instance of a built-in session and starts its readers; returns the plan's
+/// duration. Runs on a blocking thread; holds the session's state lock so that a container
+/// registering meanwhile is either in the initial pid list or added afterwards, never lost.
+fn start_ftrace(
+    s: &Session,
+    plan: &FtracePlan,
+    tracefs: &Tracefs,
+    registry: &Registry,
+    settings: &Settings,
+) -> Result<Option<Duration>, String> {
+    let mut st = s.lock();
+    let instance = Instance::create(tracefs, &s.id.to_string()).map_err(|e| e.to_string())?;
+    let step = |what: &str, r: Result<(), crate::ftrace::TracefsError>| r.map_err(|e| format!("{what}: {e}"));
+    step("buffer size", instance.write("buffer_size_kb", &settings.buffer_kb.to_string()))?;
+    // The monotonic clock, so timestamps can be converted to wall time (and compared across CPUs).
+    if let Err(e) = instance.write("trace_clock", "mono") {
+        warn!(session = s.id, error = %e, "cannot use the mono trace clock; keeping the default");
+    }
+    step("event-fork option", instance.set_option("event-fork", true))?;
+    let tids: Vec<u32> = st.containers.values().flat_map(|a| container_tids(registry, a)).collect();
+    step("pid filter", instance.add_pids(&tids))?;
+
+    let mut formats = HashMap::new();
+    for sel in &plan.events {
+        let names: Vec<String> = match &sel.event {
+            Some(e) => vec![e.clone()],
+            None => std::fs::read_dir(tracefs.root().join("events").join(&sel.system))
+                .map_err(|e| format!("events/{}: {e}", sel.system))?
+                .flatten()
+                .filter(|d| d.path().is_dir())
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .collect(),
+        };
+        for name in names {
+            match tracefs.event_format(&sel.system, &name) {
+                Ok(f) => {
+                    formats.insert(f.id, f);
+                }
+                Err(e) => warn!(session = s.id, error = %e, "event format unreadable; its events are shown undecoded"),
+            }
+        }
+        let target = sel.event.as_deref().map_or(sel.system.clone(), |e| format!("{}:{e}", sel.system));
+        step(&format!("kernel refused to enable {target}"), instance.enable_event(&sel.system, sel.event.as_deref()))?;
+        if let (Some(expr), Some(e)) = (&plan.filter, &sel.event) {
+            step(&format!("kernel refused the filter on {target}"), instance.set_filter(&sel.system, e, expr))?;
+        }
+    }
+    let header = tracefs.page_header().map_err(|e| e.to_string())?;
+    let page_size = instance
+        .read("buffer_subbuf_size_kb")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(header.data_offset + header.data_size, |kb| kb * 1024);
+    let exec_ids: Arc<Vec<u16>> = Arc::new(
+        formats
+            .values()
+            .filter(|f| matches!(f.name.as_str(), "sched_process_exec" | "sys_exit_execve" | "sys_exit_execveat"))
+            .map(|f| f.id)
+            .collect(),
+    );
+    let (resolver, store) = (s.resolver.clone(), s.store.clone());
+    let readers = Readers::start(&instance, page_size, |cpu| {
+        events::page_consumer(cpu, header, exec_ids.clone(), resolver.clone(), store.clone())
+    })
+    .map_err(|e| e.to_string())?;
+    // With an empty filter the instance would record every thread on the host: recording
+    // starts only once the session has a thread to trace.
+    let recording = !tids.is_empty();
+    if recording {
+        if let Err(e) = instance.set_tracing_on(true) {
+            readers.stop_and_join();
+            return Err(format!("tracing_on: {e}"));
+        }
+    }
+    st.output = Some(vec![
+        format!("ftrace instance {}", instance.name()),
+        format!("events: GET /v1/trace-session/{}/events", s.id),
+    ]);
+    st.error = None;
+    st.formats = Arc::new(formats);
+    info!(session = s.id, instance = %instance.name(), threads = tids.len(), "ftrace instance recording");
+    st.run = Some(Run::Ftrace { instance, readers: Some(readers), recording });
+    Ok(plan.duration)
+}
+
+impl RegistryObserver for SessionManager {
+    fn registered(&self, entry: &Entry) {
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        for s in sessions.iter().filter(|s| s.matches(entry)) {
+            self.attach(s, entry);
+        }
+    }
+
+    fn unregistered(&self, id: &str) {
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        for s in sessions {
+            // The kernel drops exited threads from the filter itself (event-fork); this keeps
+            // the session's container list true.
+            if s.lock().containers.remove(id).is_some() {
+                s.resolver.remove_container(id);
+            }
+        }
+    }
+}
