@@ -109,18 +109,92 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     /// The API base URL.
     pub url: String,
+    /// Prefix of this node's ftrace instances (unique, so parallel tests never touch each
+    /// other's instances).
+    pub prefix: String,
     child: Option<Child>,
     port: u16,
+    extra: Vec<String>,
 }
 
 impl Node {
     /// Starts tracer-node in a new temp dir and waits until it is ready.
     pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts tracer-node with extra flags.
+    pub fn start_with(extra: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ct-node-").tempdir()?;
         let port = free_port()?;
-        let mut node = Node { url: format!("http://127.0.0.1:{port}"), dir, child: None, port };
+        let prefix = format!("{}-", unique("ct-test"));
+        let extra = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut node = Node { url: format!("http://127.0.0.1:{port}"), dir, prefix, child: None, port, extra };
         node.spawn()?;
         Ok(node)
+    }
+
+    /// This node's ftrace instances present in tracefs now.
+    pub fn instances(&self) -> Vec<String> {
+        fs::read_dir("/sys/kernel/tracing/instances")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&self.prefix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends `method path` with an optional JSON body; returns the status and the parsed body
+    /// (`Value::Null` when it is not JSON).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value)> {
+        let url = format!("{}{path}", self.url);
+        let agent = agent();
+        let mut resp = match (method, body) {
+            ("GET", _) => agent.get(&url).call()?,
+            ("DELETE", _) => agent.delete(&url).call()?,
+            ("POST", b) => agent.post(&url).content_type("application/json").send(b.unwrap_or(""))?,
+            ("PUT", b) => agent.put(&url).content_type("application/json").send(b.unwrap_or(""))?,
+            _ => bail!("unsupported method {method}"),
+        };
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().with_config().limit(512 * 1024 * 1024).read_to_string()?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Creates a session and returns its id.
+    pub fn create_session(&self, body: &Value) -> Result<String> {
+        let (status, v) = self.call("POST", "/v1/trace-session", Some(&body.to_string()))?;
+        if status != 200 {
+            bail!("POST /v1/trace-session: {status} {v}");
+        }
+        v.as_object().and_then(|o| o.keys().next().cloned()).context("no session id in answer")
+    }
+
+    /// Starts (`true`) or stops a session.
+    pub fn run_session(&self, id: &str, run: bool) -> Result<()> {
+        let (status, v) = self.call("PUT", &format!("/v1/trace-session/{id}"), Some(&json!({ "Run": run }).to_string()))?;
+        if status != 200 {
+            bail!("PUT /v1/trace-session/{id} Run={run}: {status} {v}");
+        }
+        Ok(())
+    }
+
+    /// The session as `GET /v1/trace-session/<id>` shows it.
+    pub fn session(&self, id: &str) -> Result<Value> {
+        let v = get_json(&format!("{}/v1/trace-session/{id}", self.url))?;
+        Ok(v[id].clone())
+    }
+
+    /// The session's retained events (`GET .../events`).
+    pub fn events(&self, id: &str) -> Result<Vec<Value>> {
+        let mut resp = agent().get(&format!("{}/v1/trace-session/{id}/events", self.url)).call()?;
+        if resp.status() != 200 {
+            bail!("GET events: {}", resp.status());
+        }
+        let text = resp.body_mut().with_config().limit(1024 * 1024 * 1024).read_to_string()?;
+        text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("event line {l:?}"))).collect()
     }
 
     /// Registry socket path.
@@ -148,6 +222,8 @@ impl Node {
             .arg(self.spool())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
+            .args(["--instance-prefix", &self.prefix])
+            .args(&self.extra)
             .env("RUST_LOG", "info,tracer_node=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -180,12 +256,16 @@ impl Node {
         rustix::process::kill_process(pid, signal).expect("signal tracer-node");
     }
 
-    /// Stops the daemon: SIGTERM (graceful) or SIGKILL, and waits for it.
+    /// Stops the daemon: SIGTERM (graceful: it stops its sessions) or SIGKILL, and waits for
+    /// it (a graceful stop that takes over 10 s becomes a SIGKILL).
     pub fn stop(&mut self, graceful: bool) {
         if let Some(mut child) = self.child.take() {
             let sig = if graceful { rustix::process::Signal::TERM } else { rustix::process::Signal::KILL };
             if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
                 let _ = rustix::process::kill_process(pid, sig);
+            }
+            if !wait_until(Duration::from_secs(10), || child.try_wait().ok().flatten().is_some()) {
+                let _ = child.kill();
             }
             let _ = child.wait();
         }
@@ -241,7 +321,13 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.stop(false);
+        self.stop(true);
+        // Whatever a failed test left behind: this node's instances only.
+        for name in self.instances() {
+            let dir = Path::new("/sys/kernel/tracing/instances").join(name);
+            let _ = fs::write(dir.join("tracing_on"), "0");
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 

@@ -50,6 +50,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub trace_retention: u64,
 
+    /// Name prefix of the ftrace instances this daemon creates and owns (removed at start-up
+    /// and by `DELETE /v1/trace-session/all`). Change it only to run several daemons on a host.
+    #[arg(long, env = "TRACER_INSTANCE_PREFIX", default_value = crate::ftrace::INSTANCE_PREFIX)]
+    pub instance_prefix: String,
+
     /// Directory where the registry is persisted, so a restart keeps the live containers.
     #[arg(long, env = "TRACER_STATE_DIR", default_value = "/run/container-tracer/state")]
     pub state_dir: PathBuf,
@@ -75,6 +80,9 @@ pub enum ConfigError {
     /// The procfs path does not look like a procfs.
     #[error("--procfs-path {0:?} is not a procfs (no self/stat)")]
     NotProcfs(PathBuf),
+    /// The instance prefix is unusable as a directory name prefix.
+    #[error("--instance-prefix {0:?} must be 1 to 64 characters of a-z, 0-9, '-' and '_'")]
+    InstancePrefix(String),
     /// The node name is empty or has characters that do not belong in a name.
     #[error("--node-name {0:?} is not a valid node name")]
     NodeName(String),
@@ -99,6 +107,10 @@ impl Config {
         }
         if !self.procfs_path.join("self/stat").exists() {
             return Err(ConfigError::NotProcfs(self.procfs_path.clone()));
+        }
+        let p = &self.instance_prefix;
+        if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+            return Err(ConfigError::InstancePrefix(p.clone()));
         }
         if let Some(name) = &self.node_name {
             if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {

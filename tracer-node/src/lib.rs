@@ -59,7 +59,7 @@ impl RunError {
 pub async fn run(config: Config) -> Result<(), RunError> {
     config.validate()?;
     caps::check()?;
-    let tracefs = ftrace::Tracefs::find_or_mount(&config.sysfs_path)?;
+    let tracefs = ftrace::Tracefs::find_or_mount(&config.sysfs_path)?.with_prefix(&config.instance_prefix);
     let node_name = config.node_name();
     info!(node = %node_name, tracefs = %tracefs.root().display(), "starting tracer-node");
 

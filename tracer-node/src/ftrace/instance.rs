@@ -10,7 +10,7 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::tracefs::{Tracefs, TracefsError, INSTANCE_PREFIX};
+use super::tracefs::{Tracefs, TracefsError};
 
 /// A live instance, removed on drop.
 #[derive(Debug)]
@@ -46,10 +46,10 @@ fn libc_ebusy() -> i32 {
 }
 
 impl Instance {
-    /// Creates `instances/<prefix><suffix>` with recording off; a leftover of the same name is
+    /// Creates `instances/<prefix><suffix>` (the tracefs' prefix) with recording off; a leftover of the same name is
     /// removed first.
     pub fn create(tracefs: &Tracefs, suffix: &str) -> Result<Self, TracefsError> {
-        let name = format!("{INSTANCE_PREFIX}{suffix}");
+        let name = format!("{}{suffix}", tracefs.prefix());
         let dir = tracefs.root().join("instances").join(&name);
         if dir.exists() {
             remove_dir_retrying(&dir)?;

@@ -41,16 +41,29 @@ pub enum TracefsError {
     },
 }
 
-/// A tracefs mount.
+/// A tracefs mount, and the name prefix of the instances this daemon owns.
 #[derive(Debug, Clone)]
 pub struct Tracefs {
     root: PathBuf,
+    prefix: String,
 }
 
 impl Tracefs {
     /// A tracefs rooted at `root` (tests point this at a temp dir).
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), prefix: INSTANCE_PREFIX.to_owned() }
+    }
+
+    /// The same tracefs, owning the instances named `prefix...` instead of the default
+    /// [`INSTANCE_PREFIX`] (tests run several daemons side by side).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// Prefix of the instances this daemon owns.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The root directory.
@@ -97,8 +110,8 @@ pub(crate) fn read_file(path: &Path) -> io::Result<String> {
     String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Prefix of every ftrace instance container-tracer creates; instances with it are ours to
-/// remove at start-up and on `DELETE all`.
+/// Default prefix of every ftrace instance container-tracer creates; instances with it are
+/// ours to remove at start-up and on `DELETE all`.
 pub const INSTANCE_PREFIX: &str = "container-tracer-";
 
 impl Tracefs {
@@ -135,11 +148,11 @@ impl Tracefs {
         Ok(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
     }
 
-    /// Removes every instance named with [`INSTANCE_PREFIX`] (left by a previous run that was
-    /// killed). Returns how many were removed.
+    /// Removes every instance named with our prefix (left by a previous run that was killed, or
+    /// by `DELETE all`). Returns how many were removed.
     pub fn remove_stale_instances(&self) -> Result<usize, TracefsError> {
         let mut removed = 0;
-        for name in self.instances()?.into_iter().filter(|n| n.starts_with(INSTANCE_PREFIX)) {
+        for name in self.instances()?.into_iter().filter(|n| n.starts_with(&self.prefix)) {
             let dir = self.root.join("instances").join(&name);
             // Stop recording first so the removal does not race a full buffer.
             let _ = std::fs::write(dir.join("tracing_on"), "0");

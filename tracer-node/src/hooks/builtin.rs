@@ -132,7 +132,7 @@ impl Builtin {
                                 .map_err(|err| HookError::Kernel(err.to_string()))?;
                             fields.push(fmt.fields.iter().map(|f| f.name.clone()).collect());
                         }
-                        filter::validate(&expr, &fields).map_err(HookError::BadArguments)?;
+                        filter::validate(&expr, &fields).map_err(|e| HookError::BadArguments(format!("invalid filter: {e}")))?;
                         Some(expr)
                     }
                 };

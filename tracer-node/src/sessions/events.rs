@@ -85,6 +85,7 @@ impl Batch {
 #[derive(Debug)]
 pub struct Resolver {
     procfs: Procfs,
+    tracefs: Option<std::path::PathBuf>,
     inits: RwLock<HashMap<u32, Arc<ContainerTag>>>,
 }
 
@@ -92,9 +93,20 @@ pub struct Resolver {
 const MAX_ANCESTRY: usize = 64;
 
 impl Resolver {
-    /// A resolver reading `procfs`.
-    pub fn new(procfs: Procfs) -> Self {
-        Self { procfs, inits: RwLock::new(HashMap::new()) }
+    /// A resolver reading `procfs`, and the kernel's `saved_cmdlines` / `saved_tgids` under
+    /// `tracefs` for threads that exited before they could be looked up.
+    pub fn new(procfs: Procfs, tracefs: Option<std::path::PathBuf>) -> Self {
+        Self { procfs, tracefs, inits: RwLock::new(HashMap::new()) }
+    }
+
+    /// What the kernel remembered of `tid` when it recorded its events.
+    fn saved(&self, file: &str, tid: i32) -> Option<String> {
+        let text = crate::ftrace::tracefs::read_file(&self.tracefs.as_ref()?.join(file)).ok()?;
+        let key = tid.to_string();
+        text.lines().find_map(|l| {
+            let (pid, rest) = l.split_once(' ')?;
+            (pid == key).then(|| rest.trim().to_owned())
+        })
     }
 
     /// Declares `init` as the init pid of `tag`'s container.
@@ -116,8 +128,14 @@ impl Resolver {
         };
         let status = std::fs::read_to_string(self.procfs.root().join(utid.to_string()).join("status")).unwrap_or_default();
         let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-        let comm: Arc<str> = Arc::from(field("Name:").unwrap_or(""));
-        let tgid = field("Tgid:").and_then(|v| v.parse().ok()).unwrap_or(tid);
+        let (comm, tgid): (Arc<str>, i32) = if status.is_empty() {
+            // Gone already (a short-lived process): the kernel's own records of it.
+            let comm = self.saved("saved_cmdlines", tid).unwrap_or_default();
+            let tgid = self.saved("saved_tgids", tid).and_then(|t| t.parse().ok()).unwrap_or(tid);
+            (Arc::from(comm.as_str()), tgid)
+        } else {
+            (Arc::from(field("Name:").unwrap_or("")), field("Tgid:").and_then(|v| v.parse().ok()).unwrap_or(tid))
+        };
         let inits = self.inits.read().unwrap_or_else(|p| p.into_inner());
         let mut pid = u32::try_from(tgid).unwrap_or(utid);
         let mut container = None;
@@ -325,7 +343,7 @@ mod tests {
     #[test]
     fn pages_become_tagged_records_and_retention_is_bounded() {
         let store = Arc::new(EventStore::new(3));
-        let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys")));
+        let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), None));
         let me = std::process::id();
         let tag = Arc::new(ContainerTag { id: "c".into(), pod: "p".into(), namespace: "n".into(), name: "x".into() });
         resolver.add_container(me, tag.clone());
@@ -347,7 +365,7 @@ mod tests {
         let store = EventStore::new(1_000_000);
         let (snap, mut rx) = store.follow();
         assert!(snap.is_empty());
-        let resolver = Resolver::new(Procfs::new("/proc", "/sys"));
+        let resolver = Resolver::new(Procfs::new("/proc", "/sys"), None);
         let info = Arc::new(resolver.resolve(1));
         for _ in 0..FOLLOWER_QUEUE + 10 {
             let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info.clone() };

@@ -232,7 +232,7 @@ impl SessionManager {
             spec,
             plan,
             store: Arc::new(EventStore::new(self.settings.retention_events)),
-            resolver: Arc::new(Resolver::new(self.registry.procfs().clone())),
+            resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), Some(self.tracefs.root().to_owned()))),
             state: Mutex::new(State::default()),
             op: tokio::sync::Mutex::new(()),
         });
@@ -396,36 +396,50 @@ impl SessionManager {
         });
     }
 
-    /// Stops session `id` (a stopped one stays stopped).
+    /// Stops session `id` (a stopped one stays stopped). The session shows `Running: true`
+    /// until its instance is gone, so a client that sees it stopped finds nothing left.
     pub async fn stop(&self, id: u64) -> Result<(), SessionError> {
         let s = self.get(id)?;
         let _op = s.op.lock().await;
-        let run = {
+        let external = {
             let mut st = s.lock();
             st.generation += 1;
-            st.run.take()
+            match st.run {
+                Some(Run::External(_)) => match st.run.take() {
+                    Some(Run::External(ext)) => Some(ext),
+                    _ => None,
+                },
+                _ => None,
+            }
         };
-        match run {
-            None => {}
-            Some(Run::Ftrace { instance, readers, .. }) => {
-                let store = s.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _ = instance.set_tracing_on(false);
-                    if let Some(r) = readers {
-                        r.stop_and_join();
+        if let Some(ext) = external {
+            let stderr = ext.stop().await;
+            if !stderr.is_empty() {
+                s.lock().error = Some(stderr);
+            }
+        } else {
+            let s2 = s.clone();
+            tokio::task::spawn_blocking(move || {
+                // Recording off and the readers drained first (they need the instance open)...
+                let readers = match &mut s2.lock().run {
+                    Some(Run::Ftrace { instance, readers, .. }) => {
+                        let _ = instance.set_tracing_on(false);
+                        readers.take()
                     }
-                    store.add_lost_kernel(overrun(&instance));
-                    drop(instance);
-                })
-                .await
-                .map_err(|e| SessionError::Internal(format!("stop task: {e}")))?;
-            }
-            Some(Run::External(ext)) => {
-                let stderr = ext.stop().await;
-                if !stderr.is_empty() {
-                    s.lock().error = Some(stderr);
+                    _ => None,
+                };
+                if let Some(r) = readers {
+                    r.stop_and_join();
                 }
-            }
+                // ...then the instance removed and the session marked stopped in one step.
+                let mut st = s2.lock();
+                if let Some(Run::Ftrace { instance, .. }) = &st.run {
+                    s2.store.add_lost_kernel(overrun(instance));
+                }
+                st.run = None;
+            })
+            .await
+            .map_err(|e| SessionError::Internal(format!("stop task: {e}")))?;
         }
         s.store.close_followers();
         let stats = s.store.stats(false, 0);
@@ -485,6 +499,10 @@ fn start_ftrace(
         warn!(session = s.id, error = %e, "cannot use the mono trace clock; keeping the default");
     }
     step("event-fork option", instance.set_option("event-fork", true))?;
+    // The kernel then remembers each thread's process, for threads gone before we look.
+    if let Err(e) = instance.set_option("record-tgid", true) {
+        warn!(session = s.id, error = %e, "cannot set record-tgid; exited threads show tgid = pid");
+    }
     let tids: Vec<u32> = st.containers.values().flat_map(|a| container_tids(registry, a)).collect();
     step("pid filter", instance.add_pids(&tids))?;
 

@@ -1,0 +1,288 @@
+//! Trace sessions on the real tracefs with real runc containers: what is traced, from when,
+//! how it stops, what is left behind, and how bad requests are answered.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use e2e::{agent, containerd_annotations, require, unique, wait_until, Bundle, Node, Runtime};
+use serde_json::{json, Value};
+
+/// A host process outside any container doing the same system call as the container.
+struct Noise(Child);
+
+impl Noise {
+    fn start() -> Self {
+        let child = Command::new("python3")
+            .args(["-c", "import time\nwhile True:\n    open('/etc/hostname').read()\n    time.sleep(0.001)"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the noise process");
+        Noise(child)
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn looping_container(node: &Node, rt: &Runtime, pod: &str) -> (String, u32) {
+    let id = unique("ct-sess");
+    // The init opens /dev/null itself (redirect) and forks a `cat` per round that opens a file.
+    let bundle = Bundle::new(
+        &["sh", "-c", "while true; do cat /etc/hostname > /dev/null; sleep 0.05; done"],
+        &containerd_annotations(pod, "ns", "looper"),
+        Bundle::hooks_for(node),
+    )
+    .expect("bundle");
+    rt.create(&id, &bundle).expect("create");
+    rt.start(&id).expect("start");
+    let pid = rt.pid(&id).expect("pid");
+    // The bundle directory may go once the container runs: runc keeps its own copy.
+    std::mem::forget(bundle);
+    (id, pid)
+}
+
+#[test]
+fn a_syscall_session_traces_the_containers_threads_and_their_children_only() {
+    if !require(&["runc", "python3"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("traced");
+    let (cid, init) = looping_container(&node, &rt, &pod);
+    let noise = Noise::start();
+    let sid = node
+        .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls",
+                                "trace-arguments": "-s openat", "trace-user-context": "e2e"}))
+        .expect("create session");
+    let s = node.session(&sid).expect("session");
+    assert_eq!(s["Running"], false);
+    assert_eq!(s["Containers"][&pod], json!(["looper"]));
+    assert_eq!(s["TraceParams"], json!(["-s", "openat"]));
+    node.run_session(&sid, true).expect("start");
+    let inst = format!("{}{sid}", node.prefix);
+    assert_eq!(node.instances(), vec![inst.clone()]);
+    let filter = std::fs::read_to_string(format!("/sys/kernel/tracing/instances/{inst}/set_event_pid")).expect("pids");
+    assert!(filter.split_whitespace().any(|p| p == init.to_string()), "init {init} in the filter: {filter}");
+    std::thread::sleep(Duration::from_millis(1500));
+    node.run_session(&sid, false).expect("stop");
+    assert!(node.instances().is_empty(), "stopping removes the instance");
+
+    let events = node.events(&sid).expect("events");
+    assert!(events.len() > 20, "too few events: {}", events.len());
+    let noise_pid = i64::from(noise.0.id());
+    for e in &events {
+        assert!(e["pid"] != noise_pid && e["tgid"] != noise_pid, "an event of the host process leaked: {e}");
+        assert!(e["event"] == "sys_enter_openat" || e["event"] == "sys_exit_openat", "{e}");
+        for key in ["timestamp", "cpu", "pid", "tgid", "comm", "event", "fields", "node", "namespace", "pod", "container", "session"] {
+            assert!(e.get(key).is_some(), "{key} missing in {e}");
+        }
+        assert_eq!(e["session"], sid.as_str());
+        assert_eq!(e["pod"], pod.as_str(), "{e}");
+        assert_eq!(e["container_id"], cid.as_str(), "{e}");
+    }
+    assert!(events.iter().any(|e| e["pid"] == i64::from(init)), "the init's own calls are traced");
+    let children: Vec<&Value> = events.iter().filter(|e| e["pid"] != i64::from(init)).collect();
+    assert!(!children.is_empty(), "processes forked after the start are traced (event-fork)");
+    assert!(children.iter().any(|e| e["comm"] == "cat"), "forked cat processes carry their name");
+    let enter = events.iter().find(|e| e["event"] == "sys_enter_openat").expect("an openat entry");
+    assert!(enter["fields"]["filename"].as_str().is_some_and(|f| f.starts_with("0x")), "{enter}");
+    let ts: Vec<u64> = events.iter().filter_map(|e| e["timestamp"].as_u64()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "retained events come out in time order");
+
+    let (status, stats) = node.call("GET", &format!("/v1/trace-session/{sid}/stats"), None).expect("stats");
+    assert_eq!(status, 200);
+    assert_eq!(stats["events_read"].as_u64(), Some(events.len() as u64), "{stats}");
+    assert_eq!(stats["events_lost_kernel"], 0);
+    assert_eq!(stats["events_dropped"], 0);
+    rt.delete(&cid).expect("delete");
+}
+
+#[test]
+fn a_session_started_before_the_container_exists_sees_its_first_exec() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("early");
+    let (status, v) = node
+        .call(
+            "POST",
+            "/v1/trace-session",
+            Some(&json!({"pod": pod, "container": "*", "trace-hook": "trace_exec"}).to_string()),
+        )
+        .expect("post");
+    assert_eq!(status, 404, "no container yet, no wait: 404 as in the original: {v}");
+    let sid = node
+        .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_exec", "wait-for-containers": true}))
+        .expect("create waiting session");
+    node.run_session(&sid, true).expect("start with no container");
+    assert_eq!(node.session(&sid).expect("s")["Running"], true);
+
+    let id = unique("ct-early");
+    let bundle = Bundle::new(&["sh", "-c", "sleep 0.2; exit 3"], &containerd_annotations(&pod, "ns", "app"), Bundle::hooks_for(&node))
+        .expect("bundle");
+    rt.create(&id, &bundle).expect("create");
+    let init = rt.pid(&id).expect("pid");
+    assert_eq!(node.session(&sid).expect("s")["Containers"][&pod], json!(["app"]), "attached at creation");
+    rt.start(&id).expect("start");
+    assert!(wait_until(Duration::from_secs(10), || node.container(&pod, "app").expect("pods").is_none()), "container ends");
+    node.run_session(&sid, false).expect("stop");
+
+    let events = node.events(&sid).expect("events");
+    let of_init: Vec<&Value> = events.iter().filter(|e| e["pid"] == i64::from(init)).collect();
+    let first = of_init.first().unwrap_or_else(|| panic!("no event of the init {init}: {events:?}"));
+    assert_eq!(first["event"], "sched_process_exec", "the first traced event of the init is its exec: {first}");
+    assert!(first["fields"]["filename"].as_str().is_some_and(|f| f.ends_with("sh")), "{first}");
+    assert!(events.iter().any(|e| e["event"] == "sched_process_fork"), "the shell forks sleep");
+    assert!(
+        events.iter().any(|e| e["event"] == "sys_enter_exit_group" && e["fields"]["error_code"] == 3),
+        "the exit code is traced: {events:?}"
+    );
+    assert!(events.iter().any(|e| e["event"] == "sched_process_exit"));
+    let _ = rt.delete(&id);
+}
+
+#[test]
+fn timed_sessions_stop_by_themselves_and_delete_leaves_no_instance() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let mut node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("timed");
+    let (cid, _) = looping_container(&node, &rt, &pod);
+    let body = |args: &str| json!({"pod": pod, "container": "looper", "trace-hook": "trace_syscalls", "trace-arguments": args});
+
+    let timed = node.create_session(&body("-t 500")).expect("create");
+    node.run_session(&timed, true).expect("start");
+    let (status, v) = node.call("PUT", &format!("/v1/trace-session/{timed}"), Some(r#"{"run": true}"#)).expect("put");
+    assert_eq!(status, 409, "start of a running session: {v}");
+    assert!(
+        wait_until(Duration::from_secs(5), || node.session(&timed).expect("s")["Running"] == false),
+        "-t 500 did not stop the session"
+    );
+    assert!(node.instances().is_empty(), "{:?}", node.instances());
+    assert!(node.events(&timed).expect("events").len() > 1, "events were read before the stop");
+
+    let running = node.create_session(&body("")).expect("create");
+    node.run_session(&running, true).expect("start");
+    assert_eq!(node.instances().len(), 1);
+    let (status, v) = node.call("DELETE", &format!("/v1/trace-session/{running}"), None).expect("delete");
+    assert_eq!((status, v), (200, json!({})));
+    assert!(node.instances().is_empty());
+    assert_eq!(node.call("GET", &format!("/v1/trace-session/{running}"), None).expect("get").0, 404);
+
+    let (a, b) = (node.create_session(&body("")).expect("a"), node.create_session(&body("-s read")).expect("b"));
+    node.run_session(&a, true).expect("start a");
+    node.run_session(&b, true).expect("start b");
+    assert_eq!(node.instances().len(), 2);
+    let (status, v) = node.call("DELETE", "/v1/trace-session/all", None).expect("delete all");
+    assert_eq!((status, v), (200, json!({})));
+    assert!(node.instances().is_empty());
+    assert_eq!(node.call("GET", "/v1/trace-session/all", None).expect("all").1, json!({}));
+
+    // A daemon killed with a running session leaves its instance; the next start removes it.
+    let c = node.create_session(&body("")).expect("c");
+    node.run_session(&c, true).expect("start c");
+    node.stop(false);
+    assert_eq!(node.instances().len(), 1, "SIGKILL leaves the instance behind");
+    node.start_again().expect("restart");
+    assert!(node.instances().is_empty(), "start-up removes instances of ours: {:?}", node.instances());
+    rt.delete(&cid).expect("delete container");
+}
+
+#[test]
+fn bad_session_requests_get_the_right_status_and_change_nothing() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("bad");
+    let (cid, _) = looping_container(&node, &rt, &pod);
+    let post = |body: &str| node.call("POST", "/v1/trace-session", Some(body)).expect("post");
+    let ok = |hook: &str, args: &str| json!({"pod": pod, "container": "*", "trace-hook": hook, "trace-arguments": args}).to_string();
+    let cases: Vec<(String, u16, &str)> = vec![
+        (ok("no_such_hook", ""), 404, "unknown trace hook"),
+        (ok("trace_syscalls", "-s openat nosuchsyscall"), 400, "nosuchsyscall"),
+        (ok("trace_syscalls", "-t soon"), 400, "bad trace arguments"),
+        (ok("trace_events", "-e sched:sched_switch -f prev_pid = 1"), 400, "filter"),
+        (ok("trace_events", "-e sched:sched_switch -f nofield == 1"), 400, "nofield"),
+        (ok("trace_events", "-e nosys:noevent"), 400, "unknown event"),
+        ("{not json".into(), 400, "malformed JSON"),
+        (json!({"pod": pod, "trace-hook": "trace_syscalls"}).to_string(), 400, "container"),
+        (json!({"pod": pod, "container": "*", "trace-hook": "trace_exec", "bogus": 1}).to_string(), 400, "bogus"),
+        (json!({"pod": "nothing-matches-*", "container": "*", "trace-hook": "trace_exec"}).to_string(), 404, "no container"),
+        (json!({"pod": "", "container": "*", "trace-hook": "trace_exec"}).to_string(), 400, "pattern"),
+    ];
+    for (body, status, says) in &cases {
+        let (got, v) = post(body);
+        assert_eq!(got, *status, "{body}: {v}");
+        let err = v["Error"].as_str().unwrap_or_else(|| panic!("{body}: no Error in {v}"));
+        assert!(err.contains(says), "{body}: {err:?} should mention {says:?}");
+    }
+    let huge = json!({"pod": pod, "container": "*", "trace-hook": "trace_exec", "trace-user-context": "x".repeat(200_000)});
+    let (got, v) = post(&huge.to_string());
+    assert_eq!(got, 413, "{v}");
+    for (method, path, body, status) in [
+        ("GET", "/v1/trace-session/12abc", None, 400),
+        ("GET", "/v1/trace-session/99999999999999999999999", None, 400),
+        ("GET", "/v1/trace-session/42", None, 404),
+        ("PUT", "/v1/trace-session/42", Some(r#"{"Run": true}"#), 404),
+        ("PUT", "/v1/trace-session/all", Some(r#"{"Run": true}"#), 400),
+        ("DELETE", "/v1/trace-session/x", None, 400),
+        ("GET", "/v1/trace-session/42/events", None, 404),
+    ] {
+        let (got, v) = node.call(method, path, body).expect("call");
+        assert_eq!(got, status, "{method} {path}: {v}");
+        assert!(v["Error"].is_string(), "{method} {path}: {v}");
+    }
+    // A PUT with a bad body on a real session changes nothing.
+    let sid = node.create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_exec"})).expect("create");
+    let (got, _) = node.call("PUT", &format!("/v1/trace-session/{sid}"), Some(r#"{"Run": "yes"}"#)).expect("put");
+    assert_eq!(got, 400);
+    assert_eq!(node.session(&sid).expect("s")["Running"], false);
+    let all = node.call("GET", "/v1/trace-session/all", None).expect("all").1;
+    assert_eq!(all.as_object().map(|o| o.len()), Some(1), "failed requests created nothing: {all}");
+    assert!(node.instances().is_empty());
+    rt.delete(&cid).expect("delete");
+}
+
+#[test]
+fn a_following_stream_delivers_live_events_and_ends_when_the_session_stops() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("follow");
+    let (cid, _) = looping_container(&node, &rt, &pod);
+    let sid = node
+        .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}))
+        .expect("create");
+    node.run_session(&sid, true).expect("start");
+    let url = format!("{}/v1/trace-session/{sid}/events?follow=true", node.url);
+    let reader = std::thread::spawn(move || {
+        let resp = agent().get(&url).call().expect("follow");
+        assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/x-ndjson"));
+        let lines = BufReader::new(resp.into_body().into_reader()).lines();
+        lines.map(|l| l.expect("line")).filter(|l| !l.is_empty()).count()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    node.run_session(&sid, false).expect("stop");
+    let streamed = reader.join().expect("reader");
+    let stats = node.call("GET", &format!("/v1/trace-session/{sid}/stats"), None).expect("stats").1;
+    assert!(streamed > 10, "streamed {streamed}");
+    assert_eq!(stats["events_dropped"], 0, "{stats}");
+    assert_eq!(Some(streamed as u64), stats["events_read"].as_u64(), "everything read was streamed: {stats}");
+    rt.delete(&cid).expect("delete");
+}
