@@ -174,7 +174,8 @@ impl Node {
 
     /// Starts (`true`) or stops a session.
     pub fn run_session(&self, id: &str, run: bool) -> Result<()> {
-        let (status, v) = self.call("PUT", &format!("/v1/trace-session/{id}"), Some(&json!({ "Run": run }).to_string()))?;
+        let (status, v) =
+            self.call("PUT", &format!("/v1/trace-session/{id}"), Some(&json!({ "Run": run }).to_string()))?;
         if status != 200 {
             bail!("PUT /v1/trace-session/{id} Run={run}: {status} {v}");
         }

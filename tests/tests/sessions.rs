@@ -81,7 +81,20 @@ fn a_syscall_session_traces_the_containers_threads_and_their_children_only() {
     for e in &events {
         assert!(e["pid"] != noise_pid && e["tgid"] != noise_pid, "an event of the host process leaked: {e}");
         assert!(e["event"] == "sys_enter_openat" || e["event"] == "sys_exit_openat", "{e}");
-        for key in ["timestamp", "cpu", "pid", "tgid", "comm", "event", "fields", "node", "namespace", "pod", "container", "session"] {
+        for key in [
+            "timestamp",
+            "cpu",
+            "pid",
+            "tgid",
+            "comm",
+            "event",
+            "fields",
+            "node",
+            "namespace",
+            "pod",
+            "container",
+            "session",
+        ] {
             assert!(e.get(key).is_some(), "{key} missing in {e}");
         }
         assert_eq!(e["session"], sid.as_str());
@@ -128,13 +141,20 @@ fn a_session_started_before_the_container_exists_sees_its_first_exec() {
     assert_eq!(node.session(&sid).expect("s")["Running"], true);
 
     let id = unique("ct-early");
-    let bundle = Bundle::new(&["sh", "-c", "sleep 0.2; exit 3"], &containerd_annotations(&pod, "ns", "app"), Bundle::hooks_for(&node))
-        .expect("bundle");
+    let bundle = Bundle::new(
+        &["sh", "-c", "sleep 0.2; exit 3"],
+        &containerd_annotations(&pod, "ns", "app"),
+        Bundle::hooks_for(&node),
+    )
+    .expect("bundle");
     rt.create(&id, &bundle).expect("create");
     let init = rt.pid(&id).expect("pid");
     assert_eq!(node.session(&sid).expect("s")["Containers"][&pod], json!(["app"]), "attached at creation");
     rt.start(&id).expect("start");
-    assert!(wait_until(Duration::from_secs(10), || node.container(&pod, "app").expect("pods").is_none()), "container ends");
+    assert!(
+        wait_until(Duration::from_secs(10), || node.container(&pod, "app").expect("pods").is_none()),
+        "container ends"
+    );
     node.run_session(&sid, false).expect("stop");
 
     let events = node.events(&sid).expect("events");
@@ -210,7 +230,9 @@ fn bad_session_requests_get_the_right_status_and_change_nothing() {
     let pod = unique("bad");
     let (cid, _) = looping_container(&node, &rt, &pod);
     let post = |body: &str| node.call("POST", "/v1/trace-session", Some(body)).expect("post");
-    let ok = |hook: &str, args: &str| json!({"pod": pod, "container": "*", "trace-hook": hook, "trace-arguments": args}).to_string();
+    let ok = |hook: &str, args: &str| {
+        json!({"pod": pod, "container": "*", "trace-hook": hook, "trace-arguments": args}).to_string()
+    };
     let cases: Vec<(String, u16, &str)> = vec![
         (ok("no_such_hook", ""), 404, "unknown trace hook"),
         (ok("trace_syscalls", "-s openat nosuchsyscall"), 400, "nosuchsyscall"),
@@ -221,7 +243,11 @@ fn bad_session_requests_get_the_right_status_and_change_nothing() {
         ("{not json".into(), 400, "malformed JSON"),
         (json!({"pod": pod, "trace-hook": "trace_syscalls"}).to_string(), 400, "container"),
         (json!({"pod": pod, "container": "*", "trace-hook": "trace_exec", "bogus": 1}).to_string(), 400, "bogus"),
-        (json!({"pod": "nothing-matches-*", "container": "*", "trace-hook": "trace_exec"}).to_string(), 404, "no container"),
+        (
+            json!({"pod": "nothing-matches-*", "container": "*", "trace-hook": "trace_exec"}).to_string(),
+            404,
+            "no container",
+        ),
         (json!({"pod": "", "container": "*", "trace-hook": "trace_exec"}).to_string(), 400, "pattern"),
     ];
     for (body, status, says) in &cases {
@@ -230,7 +256,8 @@ fn bad_session_requests_get_the_right_status_and_change_nothing() {
         let err = v["Error"].as_str().unwrap_or_else(|| panic!("{body}: no Error in {v}"));
         assert!(err.contains(says), "{body}: {err:?} should mention {says:?}");
     }
-    let huge = json!({"pod": pod, "container": "*", "trace-hook": "trace_exec", "trace-user-context": "x".repeat(200_000)});
+    let huge =
+        json!({"pod": pod, "container": "*", "trace-hook": "trace_exec", "trace-user-context": "x".repeat(200_000)});
     let (got, v) = post(&huge.to_string());
     assert_eq!(got, 413, "{v}");
     for (method, path, body, status) in [
@@ -267,7 +294,9 @@ fn a_following_stream_delivers_live_events_and_ends_when_the_session_stops() {
     let pod = unique("follow");
     let (cid, _) = looping_container(&node, &rt, &pod);
     let sid = node
-        .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}))
+        .create_session(
+            &json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}),
+        )
         .expect("create");
     node.run_session(&sid, true).expect("start");
     let url = format!("{}/v1/trace-session/{sid}/events?follow=true", node.url);
@@ -284,5 +313,113 @@ fn a_following_stream_delivers_live_events_and_ends_when_the_session_stops() {
     assert!(streamed > 10, "streamed {streamed}");
     assert_eq!(stats["events_dropped"], 0, "{stats}");
     assert_eq!(Some(streamed as u64), stats["events_read"].as_u64(), "everything read was streamed: {stats}");
+    rt.delete(&cid).expect("delete");
+}
+
+#[test]
+fn a_hook_the_kernel_refuses_fails_with_a_clear_error_and_leaves_nothing() {
+    if !require(&["runc"]) {
+        return;
+    }
+    // Whether this kernel allows the function tracer, asked of a probe instance of our own.
+    let probe = std::path::Path::new("/sys/kernel/tracing/instances").join(unique("ct-probe"));
+    std::fs::create_dir(&probe).expect("probe instance");
+    let locked_down = std::fs::write(probe.join("current_tracer"), "function").is_err();
+    let _ = std::fs::write(probe.join("current_tracer"), "nop");
+    std::fs::remove_dir(&probe).expect("remove probe instance");
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("func");
+    let (cid, _) = looping_container(&node, &rt, &pod);
+    let sid = node
+        .create_session(
+            &json!({"pod": pod, "container": "*", "trace-hook": "trace_functions", "trace-arguments": "-f vfs_*"}),
+        )
+        .expect("create");
+    let (status, v) = node.call("PUT", &format!("/v1/trace-session/{sid}"), Some(r#"{"Run": true}"#)).expect("put");
+    if locked_down {
+        assert_eq!(status, 400, "{v}");
+        let s = node.session(&sid).expect("session");
+        assert_eq!(s["Running"], false);
+        let err = s["Error"][0].as_str().expect("Error set");
+        assert!(err.contains("function tracer") && err.contains("lockdown"), "{err}");
+        assert!(v["Error"].as_str().is_some_and(|e| e.contains("function tracer")), "{v}");
+    } else {
+        assert_eq!(status, 200, "{v}");
+        node.run_session(&sid, false).expect("stop");
+    }
+    assert!(node.instances().is_empty(), "no instance left: {:?}", node.instances());
+    rt.delete(&cid).expect("delete");
+}
+
+#[test]
+fn an_external_provider_script_is_listed_and_runs_with_the_containers_pids() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let hooks = tempfile::tempdir().expect("hooks dir");
+    let provider = hooks.path().join("demo");
+    std::fs::create_dir(&provider).expect("mkdir");
+    let record = hooks.path().join("record.txt");
+    let script = format!(
+        r#"#!/bin/sh
+# A provider honouring the original protocol.
+case "$1" in
+  --get-all) echo "trace_demo" ;;
+  --describe) echo "Demo hook"; echo "  -x : nothing" ;;
+  --clear) echo cleared >> "{record}" ;;
+  --run)
+    echo "args=$4 pids=$TRACER_PIDS procfs=$TRACER_PROCFS_PATH" >> "{record}"
+    echo "/tmp/demo-trace-$TRACER_SESSION_ID"
+    trap 'echo stopped >> "{record}"; exit 0' INT
+    while :; do sleep 0.05; done ;;
+  *) echo "unknown call $1" >&2; exit 2 ;;
+esac
+"#,
+        record = record.display()
+    );
+    let manager = provider.join("manager.sh");
+    std::fs::write(&manager, script).expect("write manager");
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&manager).expect("meta").permissions(), 0o755);
+    std::fs::set_permissions(&manager, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    // A broken provider next to it is skipped, not fatal.
+    let broken = hooks.path().join("broken");
+    std::fs::create_dir(&broken).expect("mkdir");
+    std::fs::write(broken.join("manager.py"), "#!/bin/sh\nexit 1\n").expect("write");
+    std::fs::set_permissions(broken.join("manager.py"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    let dir = hooks.path().display().to_string();
+    let node = Node::start_with(&["--trace-hooks", &dir]).expect("tracer-node");
+    let (_, listed) = node.call("GET", "/v1/trace-hooks", None).expect("hooks");
+    let demo = listed
+        .as_array()
+        .and_then(|a| a.iter().find_map(|p| p.get("trace-hooks/demo")))
+        .unwrap_or_else(|| panic!("provider not listed: {listed}"));
+    assert_eq!(demo["Tracers"]["trace_demo"]["Description"], json!(["Demo hook", "-x : nothing"]));
+    assert_eq!(demo["Tracers"]["trace_demo"]["Name"], "trace_demo");
+    assert!(listed.as_array().is_some_and(|a| a.iter().all(|p| p.get("trace-hooks/broken").is_none())));
+
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("ext");
+    let (cid, init) = looping_container(&node, &rt, &pod);
+    let sid = node
+        .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_demo", "trace-arguments": "-x 1"}))
+        .expect("create");
+    node.run_session(&sid, true).expect("start");
+    let s = node.session(&sid).expect("session");
+    assert_eq!(s["Running"], true);
+    assert_eq!(s["Output"], json!([format!("/tmp/demo-trace-{sid}")]));
+    let text = std::fs::read_to_string(&record).expect("record");
+    assert!(text.contains("args=-x 1 --pid "), "{text}");
+    assert!(text.contains(&init.to_string()), "the container's pids are passed: {text}");
+    assert!(text.contains("procfs=/proc"), "{text}");
+    node.run_session(&sid, false).expect("stop");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&record).is_ok_and(|t| t.contains("stopped")))
+    );
+    assert_eq!(node.session(&sid).expect("s")["Running"], false);
+    node.call("DELETE", "/v1/trace-session/all", None).expect("delete all");
+    assert!(std::fs::read_to_string(&record).expect("record").contains("cleared"), "DELETE all resets providers");
     rt.delete(&cid).expect("delete");
 }

@@ -109,7 +109,10 @@ impl Config {
             return Err(ConfigError::NotProcfs(self.procfs_path.clone()));
         }
         let p = &self.instance_prefix;
-        if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+        if p.is_empty()
+            || p.len() > 64
+            || !p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
             return Err(ConfigError::InstancePrefix(p.clone()));
         }
         if let Some(name) = &self.node_name {

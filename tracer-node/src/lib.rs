@@ -73,7 +73,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?));
     let external = match &config.trace_hooks {
         Some(dir) => {
-            let env = hooks::external::ProviderEnv { procfs: config.procfs_path.clone(), sysfs: config.sysfs_path.clone() };
+            let env =
+                hooks::external::ProviderEnv { procfs: config.procfs_path.clone(), sysfs: config.sysfs_path.clone() };
             hooks::external::ExternalProvider::discover(dir, &env).await
         }
         None => Vec::new(),

@@ -61,14 +61,20 @@ pub(super) async fn get_trace_hooks(State(state): State<AppState>) -> Json<Trace
 }
 
 #[instrument(skip_all)]
-pub(super) async fn post_session(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Sessions>, ApiError> {
+pub(super) async fn post_session(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Sessions>, ApiError> {
     let spec: NewSession = json_body(body)?;
     let info = state.sessions.create(spec)?;
     Ok(Json(BTreeMap::from([(info.id.clone(), info)])))
 }
 
 #[instrument(skip_all, fields(session = %id))]
-pub(super) async fn get_session(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Sessions>, ApiError> {
+pub(super) async fn get_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Sessions>, ApiError> {
     if id == "all" {
         return Ok(Json(state.sessions.all()));
     }
@@ -95,7 +101,10 @@ pub(super) async fn put_session(
 }
 
 #[instrument(skip_all, fields(session = %id))]
-pub(super) async fn delete_session(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if id == "all" {
         state.sessions.delete_all().await?;
     } else {
@@ -104,7 +113,10 @@ pub(super) async fn delete_session(State(state): State<AppState>, Path(id): Path
     Ok(Json(json!({})))
 }
 
-pub(super) async fn get_stats(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SessionStats>, ApiError> {
+pub(super) async fn get_stats(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionStats>, ApiError> {
     Ok(Json(state.sessions.stats(parse_id(&id)?)?))
 }
 

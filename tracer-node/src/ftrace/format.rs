@@ -214,7 +214,7 @@ impl EventFormat {
                 if f.is_char() {
                     c_string(raw)
                 } else {
-                    let elem = if n > 0 { f.size / n } else { 0 };
+                    let elem = f.size.checked_div(n).unwrap_or(0);
                     let items: Vec<Value> = (0..n)
                         .filter_map(|i| read_uint(&raw[i * elem..], elem).map(|v| int_value(v, elem, f.signed)))
                         .collect();

@@ -108,12 +108,20 @@ impl Instance {
         self.write(&format!("events/{system}/{event}/filter"), expr)
     }
 
-    /// Adds thread ids to `set_event_pid`, in chunks the kernel's parser takes in one write.
-    pub fn add_pids(&self, tids: &[u32]) -> Result<(), TracefsError> {
+    /// Adds thread ids to `set_event_pid` (and `set_ftrace_pid` for the function tracer).
+    pub fn add_pids(&self, tids: &[u32], function_tracer: bool) -> Result<(), TracefsError> {
+        self.append_pids("set_event_pid", tids)?;
+        if function_tracer {
+            self.append_pids("set_ftrace_pid", tids)?;
+        }
+        Ok(())
+    }
+
+    /// Appends thread ids to a pid list file, in chunks the kernel's parser takes in one write.
+    pub fn append_pids(&self, file: &str, tids: &[u32]) -> Result<(), TracefsError> {
         for chunk in tids.chunks(256) {
-            let text: Vec<String> = chunk.iter().map(u32::to_string).collect();
-            // A thread that exited meanwhile makes the kernel refuse nothing: it filters by id.
-            self.append("set_event_pid", &format!("{}\n", text.join(" ")))?;
+            let text = format!("{}\n", chunk.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+            self.append(file, &text)?;
         }
         Ok(())
     }
@@ -143,11 +151,7 @@ impl Instance {
     /// The `overrun` count of a CPU's buffer: events the kernel overwrote before they were read.
     pub fn overrun(&self, cpu: usize) -> Result<u64, TracefsError> {
         let text = self.read(&format!("per_cpu/cpu{cpu}/stats"))?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("overrun:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0))
+        Ok(text.lines().find_map(|l| l.strip_prefix("overrun:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
     }
 
     /// Path of a CPU's binary pipe.

@@ -27,6 +27,8 @@ pub struct FtracePlan {
     pub filter: Option<String>,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
+    /// Run the function tracer, limited to these functions (globs; empty = all).
+    pub functions: Option<Vec<String>>,
 }
 
 /// The built-in hooks.
@@ -38,11 +40,13 @@ pub enum Builtin {
     Exec,
     /// `trace_events`.
     Events,
+    /// `trace_functions`.
+    Functions,
 }
 
 impl Builtin {
     /// All of them.
-    pub const ALL: [Builtin; 3] = [Builtin::Syscalls, Builtin::Exec, Builtin::Events];
+    pub const ALL: [Builtin; 4] = [Builtin::Syscalls, Builtin::Exec, Builtin::Events, Builtin::Functions];
 
     /// The hook name.
     pub fn name(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Builtin {
             Builtin::Syscalls => "trace_syscalls",
             Builtin::Exec => "trace_exec",
             Builtin::Events => "trace_events",
+            Builtin::Functions => "trace_functions",
         }
     }
 
@@ -72,6 +77,11 @@ impl Builtin {
                 "-f, --filter EXPR : kernel filter expression on the events' fields, e.g. \"prev_pid == 1 && prio < 100\", optional argument.",
                 "-t, --time TIME : Duration of the trace in milliseconds, optional argument",
             ],
+            Builtin::Functions => &[
+                "Trace kernel functions called by given container (the function tracer; refused by kernels in lockdown)",
+                "-f, --function [FUNCTION ...] : functions to trace, shell globs allowed, optional argument. If none, all are traced.",
+                "-t, --time TIME : Duration of the trace in milliseconds, optional argument",
+            ],
         };
         lines.iter().map(|l| (*l).to_owned()).collect()
     }
@@ -90,7 +100,7 @@ impl Builtin {
                 } else {
                     syscall_events(&a.syscall, &available()?)?
                 };
-                Ok(FtracePlan { events, filter: None, duration: duration(a.time)? })
+                Ok(FtracePlan { events, filter: None, duration: duration(a.time)?, functions: None })
             }
             Builtin::Exec => {
                 let a = TimeArgs::try_parse_from(argv).map_err(bad)?;
@@ -105,7 +115,25 @@ impl Builtin {
                         events.push(EventSel { system: "syscalls".into(), event: Some(e.into()) });
                     }
                 }
-                Ok(FtracePlan { events, filter: None, duration: duration(a.time)? })
+                Ok(FtracePlan { events, filter: None, duration: duration(a.time)?, functions: None })
+            }
+            Builtin::Functions => {
+                let a = FunctionArgs::try_parse_from(argv).map_err(bad)?;
+                for f in &a.function {
+                    let ok = !f.is_empty()
+                        && f.len() <= 256
+                        && f.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'*' || b == b'?');
+                    if !ok {
+                        return Err(HookError::BadArguments(format!("{f:?} is not a function name or glob")));
+                    }
+                }
+                Ok(FtracePlan {
+                    events: Vec::new(),
+                    filter: None,
+                    duration: duration(a.time)?,
+                    functions: Some(a.function),
+                })
             }
             Builtin::Events => {
                 let a = EventArgs::try_parse_from(argv).map_err(bad)?;
@@ -132,11 +160,12 @@ impl Builtin {
                                 .map_err(|err| HookError::Kernel(err.to_string()))?;
                             fields.push(fmt.fields.iter().map(|f| f.name.clone()).collect());
                         }
-                        filter::validate(&expr, &fields).map_err(|e| HookError::BadArguments(format!("invalid filter: {e}")))?;
+                        filter::validate(&expr, &fields)
+                            .map_err(|e| HookError::BadArguments(format!("invalid filter: {e}")))?;
                         Some(expr)
                     }
                 };
-                Ok(FtracePlan { events, filter, duration: duration(a.time)? })
+                Ok(FtracePlan { events, filter, duration: duration(a.time)?, functions: None })
             }
         }
     }
@@ -147,7 +176,9 @@ fn first_line(s: &str) -> String {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 fn duration(ms: Option<u64>) -> Result<Option<Duration>, HookError> {
@@ -170,7 +201,8 @@ fn syscall_events(names: &[String], available: &HashSet<String>) -> Result<Vec<E
         } else {
             vec![format!("sys_enter_{name}"), format!("sys_exit_{name}")]
         };
-        let present: Vec<String> = wanted.into_iter().filter(|e| available.contains(&format!("syscalls:{e}"))).collect();
+        let present: Vec<String> =
+            wanted.into_iter().filter(|e| available.contains(&format!("syscalls:{e}"))).collect();
         if present.is_empty() {
             return Err(HookError::BadArguments(format!("unknown system call {name:?}")));
         }
@@ -191,6 +223,15 @@ struct SyscallArgs {
 #[derive(Debug, Parser)]
 #[command(disable_help_flag = true, disable_version_flag = true)]
 struct TimeArgs {
+    #[arg(short = 't', long = "time")]
+    time: Option<u64>,
+}
+
+#[derive(Debug, Parser)]
+#[command(disable_help_flag = true, disable_version_flag = true)]
+struct FunctionArgs {
+    #[arg(short = 'f', long = "function", num_args = 1..)]
+    function: Vec<String>,
     #[arg(short = 't', long = "time")]
     time: Option<u64>,
 }

@@ -111,7 +111,10 @@ impl ExternalProvider {
         let mut out = Vec::new();
         for dir in dirs {
             let Some(manager) = find_manager(&dir) else { continue };
-            let name = format!("trace-hooks/{}", dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            let name = format!(
+                "trace-hooks/{}",
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            );
             let mut p = ExternalProvider { name, manager, hooks: BTreeMap::new(), env: env.clone() };
             match p.load().await {
                 Ok(()) => {
@@ -160,15 +163,17 @@ impl ExternalProvider {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| ExternalError::Spawn { manager: self.manager.clone(), source })?;
-        let out = tokio::time::timeout(CALL_TIMEOUT, child.wait_with_output()).await.map_err(|_| ExternalError::Timeout {
-            manager: self.manager.clone(),
-            call: call.clone(),
-            timeout: CALL_TIMEOUT,
+        let out = tokio::time::timeout(CALL_TIMEOUT, child.wait_with_output()).await.map_err(|_| {
+            ExternalError::Timeout { manager: self.manager.clone(), call: call.clone(), timeout: CALL_TIMEOUT }
         })?;
         let out = out.map_err(|source| ExternalError::Spawn { manager: self.manager.clone(), source })?;
         let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)]).into_owned();
         if !out.status.success() {
-            return Err(ExternalError::Failed { manager: self.manager.clone(), call, stderr: text(&out.stderr).trim().to_owned() });
+            return Err(ExternalError::Failed {
+                manager: self.manager.clone(),
+                call,
+                stderr: text(&out.stderr).trim().to_owned(),
+            });
         }
         Ok(text(&out.stdout))
     }
@@ -182,7 +187,13 @@ impl ExternalProvider {
 
     /// `--run HOOK --args "ARGS --pid PID..."`: starts the hook and waits for the first stdout
     /// line. The pids are also in `TRACER_PIDS`, the session in `TRACER_SESSION_ID`.
-    pub async fn run(&self, hook: &str, args: &[String], pids: &[u32], session: u64) -> Result<RunningExternal, Vec<String>> {
+    pub async fn run(
+        &self,
+        hook: &str,
+        args: &[String],
+        pids: &[u32],
+        session: u64,
+    ) -> Result<RunningExternal, Vec<String>> {
         let pid_list: Vec<String> = pids.iter().map(u32::to_string).collect();
         let mut joined = args.join(" ");
         if !pid_list.is_empty() {

@@ -138,7 +138,10 @@ fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usi
             Ok(())
         }
         Some(Tok::Ident(name)) => {
-            let common = matches!(name.as_str(), "common_pid" | "common_flags" | "common_preempt_count" | "CPU" | "COMM" | "comm");
+            let common = matches!(
+                name.as_str(),
+                "common_pid" | "common_flags" | "common_preempt_count" | "CPU" | "COMM" | "comm"
+            );
             if !common && !fields.iter().all(|f| f.contains(name)) {
                 return Err(format!("unknown field {name:?} in filter"));
             }

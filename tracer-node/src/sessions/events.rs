@@ -126,7 +126,8 @@ impl Resolver {
         let Ok(utid) = u32::try_from(tid) else {
             return TaskInfo { tgid: tid, comm: Arc::from(""), container: None, seen };
         };
-        let status = std::fs::read_to_string(self.procfs.root().join(utid.to_string()).join("status")).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(self.procfs.root().join(utid.to_string()).join("status")).unwrap_or_default();
         let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
         let (comm, tgid): (Arc<str>, i32) = if status.is_empty() {
             // Gone already (a short-lived process): the kernel's own records of it.
@@ -304,7 +305,13 @@ pub fn page_consumer(
 }
 
 /// Turns a record into its wire form.
-pub fn to_wire(batch: &Batch, rec: &Record, formats: &HashMap<u16, EventFormat>, node: &str, session: &str) -> TraceEvent {
+pub fn to_wire(
+    batch: &Batch,
+    rec: &Record,
+    formats: &HashMap<u16, EventFormat>,
+    node: &str,
+    session: &str,
+) -> TraceEvent {
     let (system, event, fields) = match formats.get(&rec.event_id) {
         Some(f) => (f.system.clone(), f.name.clone(), f.decode(batch.payload(rec))),
         None => (String::new(), format!("event_{}", rec.event_id), serde_json::Map::new()),

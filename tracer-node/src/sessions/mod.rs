@@ -85,7 +85,7 @@ struct Attached {
 }
 
 enum Run {
-    Ftrace { instance: Instance, readers: Option<Readers>, recording: bool },
+    Ftrace { instance: Instance, readers: Option<Readers>, recording: bool, functions: bool },
     External(RunningExternal),
 }
 
@@ -135,7 +135,8 @@ impl Session {
     fn matches(&self, e: &Entry) -> bool {
         let r = &e.record;
         e.is_workload()
-            && (glob::matches(&self.spec.pod, &r.pod) || glob::matches(&self.spec.pod, &format!("{}/{}", r.namespace, r.pod)))
+            && (glob::matches(&self.spec.pod, &r.pod)
+                || glob::matches(&self.spec.pod, &format!("{}/{}", r.namespace, r.pod)))
             && glob::matches(&self.spec.container, &r.name)
     }
 }
@@ -176,7 +177,13 @@ fn container_tids(registry: &Registry, a: &Attached) -> Vec<u32> {
 impl SessionManager {
     /// A manager for `node`, registered as the registry's observer so that containers are
     /// attached to running sessions while their creation hook still waits.
-    pub fn new(node: String, tracefs: Tracefs, catalog: Arc<Catalog>, registry: Arc<Registry>, settings: Settings) -> Arc<Self> {
+    pub fn new(
+        node: String,
+        tracefs: Tracefs,
+        catalog: Arc<Catalog>,
+        registry: Arc<Registry>,
+        settings: Settings,
+    ) -> Arc<Self> {
         let m = Arc::new_cyclic(|me| SessionManager {
             node,
             tracefs,
@@ -209,7 +216,9 @@ impl SessionManager {
         let map = self.map();
         loop {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+            );
             let id = h.finish() >> 1;
             if id != 0 && !map.contains_key(&id) {
                 return id;
@@ -246,7 +255,10 @@ impl SessionManager {
         }
         if session.lock().containers.is_empty() && !session.spec.wait_for_containers {
             self.map().remove(&id);
-            return Err(SessionError::NoMatch { pod: session.spec.pod.clone(), container: session.spec.container.clone() });
+            return Err(SessionError::NoMatch {
+                pod: session.spec.pod.clone(),
+                container: session.spec.container.clone(),
+            });
         }
         info!(session = id, hook = %session.spec.trace_hook, pod = %session.spec.pod, container = %session.spec.container, "session created");
         Ok(self.info(&session))
@@ -300,16 +312,21 @@ impl SessionManager {
     /// Adds a container to a session, and to its pid filter when it runs.
     fn attach(&self, s: &Session, e: &Entry) {
         let r = &e.record;
-        let tag = Arc::new(ContainerTag { id: r.id.clone(), pod: r.pod.clone(), namespace: r.namespace.clone(), name: r.name.clone() });
+        let tag = Arc::new(ContainerTag {
+            id: r.id.clone(),
+            pod: r.pod.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        });
         let a = Attached { tag: tag.clone(), init: r.pid, cgroup: e.cgroup.clone() };
         let mut st = s.lock();
         if st.containers.contains_key(&r.id) {
             return;
         }
         s.resolver.add_container(r.pid, tag);
-        if let Some(Run::Ftrace { instance, recording, .. }) = &mut st.run {
+        if let Some(Run::Ftrace { instance, recording, functions, .. }) = &mut st.run {
             let tids = container_tids(&self.registry, &a);
-            match instance.add_pids(&tids) {
+            match instance.add_pids(&tids, *functions) {
                 Ok(()) => {
                     if !*recording {
                         match instance.set_tracing_on(true) {
@@ -319,7 +336,9 @@ impl SessionManager {
                     }
                     info!(session = s.id, container_id = %r.id, threads = tids.len(), "container attached to running session");
                 }
-                Err(e) => error!(session = s.id, container_id = %r.id, error = %e, "cannot add container to pid filter"),
+                Err(e) => {
+                    error!(session = s.id, container_id = %r.id, error = %e, "cannot add container to pid filter")
+                }
             }
         } else if let Some(Run::External(_)) = &st.run {
             warn!(session = s.id, container_id = %r.id, "external hooks cannot take new containers while running; attached at next start");
@@ -336,7 +355,8 @@ impl SessionManager {
         }
         let result = match s.plan.clone() {
             Plan::Ftrace(plan) => {
-                let (s2, tracefs, registry, settings) = (s.clone(), self.tracefs.clone(), self.registry.clone(), self.settings.clone());
+                let (s2, tracefs, registry, settings) =
+                    (s.clone(), self.tracefs.clone(), self.registry.clone(), self.settings.clone());
                 tokio::task::spawn_blocking(move || start_ftrace(&s2, &plan, &tracefs, &registry, &settings))
                     .await
                     .map_err(|e| SessionError::Internal(format!("start task: {e}")))?
@@ -443,8 +463,13 @@ impl SessionManager {
         }
         s.store.close_followers();
         let stats = s.store.stats(false, 0);
-        info!(session = id, events_read = stats.events_read, events_lost_kernel = stats.events_lost_kernel,
-              events_dropped = stats.events_dropped, "session stopped");
+        info!(
+            session = id,
+            events_read = stats.events_read,
+            events_lost_kernel = stats.events_lost_kernel,
+            events_dropped = stats.events_dropped,
+            "session stopped"
+        );
         Ok(())
     }
 
@@ -504,9 +529,27 @@ fn start_ftrace(
         warn!(session = s.id, error = %e, "cannot set record-tgid; exited threads show tgid = pid");
     }
     let tids: Vec<u32> = st.containers.values().flat_map(|a| container_tids(registry, a)).collect();
-    step("pid filter", instance.add_pids(&tids))?;
-
     let mut formats = HashMap::new();
+    let functions = plan.functions.is_some();
+    step("pid filter", instance.add_pids(&tids, false))?;
+    if let Some(list) = &plan.functions {
+        let refused = |what: &str, e: crate::ftrace::TracefsError| {
+            format!("the kernel refused the function tracer ({what}: {e}); kernels in lockdown do not allow it")
+        };
+        instance.append_pids("set_ftrace_pid", &tids).map_err(|e| refused("set_ftrace_pid", e))?;
+        instance.set_option("function-fork", true).map_err(|e| refused("function-fork", e))?;
+        if !list.is_empty() {
+            instance.write("set_ftrace_filter", &list.join(" ")).map_err(|e| refused("set_ftrace_filter", e))?;
+        }
+        instance.write("current_tracer", "function").map_err(|e| refused("current_tracer", e))?;
+        match tracefs.event_format("ftrace", "function") {
+            Ok(f) => {
+                formats.insert(f.id, f);
+            }
+            Err(e) => warn!(session = s.id, error = %e, "function event format unreadable"),
+        }
+    }
+
     for sel in &plan.events {
         let names: Vec<String> = match &sel.event {
             Some(e) => vec![e.clone()],
@@ -565,7 +608,7 @@ fn start_ftrace(
     st.error = None;
     st.formats = Arc::new(formats);
     info!(session = s.id, instance = %instance.name(), threads = tids.len(), "ftrace instance recording");
-    st.run = Some(Run::Ftrace { instance, readers: Some(readers), recording });
+    st.run = Some(Run::Ftrace { instance, readers: Some(readers), recording, functions });
     Ok(plan.duration)
 }
 
