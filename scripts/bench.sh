@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --locked
-cargo bench -p e2e --bench registry --locked
+cargo bench -p e2e --locked
