@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Runs the registry benchmarks (hook overhead on `runc run`, GET /v1/pods latency) and prints
-# the figures. Needs root and what scripts/test.sh installs. BENCH_RUNS sets the runc runs (200).
+# Runs the benchmarks (hook overhead on `runc run`, GET /v1/pods latency, lossless tracing of a
+# 1 M+ syscalls/s container against perf and text trace_pipe) and prints the figures. Needs root and what scripts/test.sh installs. BENCH_RUNS sets the runc runs (200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+missing=()
+for pkg in gcc libc6-dev linux-perf python3; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 cargo build --release --workspace --locked
 cargo bench -p e2e --locked
