@@ -158,10 +158,13 @@ fn a_session_started_before_the_container_exists_sees_its_first_exec() {
     node.run_session(&sid, false).expect("stop");
 
     let events = node.events(&sid).expect("events");
-    let of_init: Vec<&Value> = events.iter().filter(|e| e["pid"] == i64::from(init)).collect();
-    let first = of_init.first().unwrap_or_else(|| panic!("no event of the init {init}: {events:?}"));
-    assert_eq!(first["event"], "sched_process_exec", "the first traced event of the init is its exec: {first}");
+    // The container's very first exec: the earliest exec in the trace is its init becoming the
+    // entrypoint (the runtime's own threads may fork before it, but never exec).
+    let execs: Vec<&Value> = events.iter().filter(|e| e["event"] == "sched_process_exec").collect();
+    let first = execs.first().unwrap_or_else(|| panic!("no exec traced: {events:?}"));
+    assert_eq!(first["pid"], i64::from(init), "the first exec is the init's: {first}");
     assert!(first["fields"]["filename"].as_str().is_some_and(|f| f.ends_with("sh")), "{first}");
+    assert_eq!(first["container"], "app", "{first}");
     assert!(events.iter().any(|e| e["event"] == "sched_process_fork"), "the shell forks sleep");
     assert!(
         events.iter().any(|e| e["event"] == "sys_enter_exit_group" && e["fields"]["error_code"] == 3),

@@ -150,9 +150,9 @@ impl Resolver {
                 _ => break,
             }
         }
-        // A thread that is already gone: if the session has a single container, it can only
-        // have been that one's (only its threads pass the pid filter).
-        if container.is_none() && status.is_empty() && inits.len() == 1 {
+        // A thread gone before its ancestry could be read: the pid filter only lets the
+        // session's containers' threads through, so with one container it can only be that one.
+        if container.is_none() && inits.len() == 1 {
             container = inits.values().next().cloned();
         }
         TaskInfo { tgid, comm, container, seen }
