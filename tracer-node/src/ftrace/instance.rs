@@ -126,11 +126,6 @@ impl Instance {
         Ok(())
     }
 
-    /// The thread ids in `set_event_pid` (the kernel adds forked children with `event-fork`).
-    pub fn pids(&self) -> Result<Vec<u32>, TracefsError> {
-        Ok(self.read("set_event_pid")?.split_ascii_whitespace().filter_map(|p| p.parse().ok()).collect())
-    }
-
     /// Turns recording on or off.
     pub fn set_tracing_on(&self, on: bool) -> Result<(), TracefsError> {
         self.write("tracing_on", if on { "1" } else { "0" })

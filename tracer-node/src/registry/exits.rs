@@ -57,16 +57,6 @@ impl ExitWatcher {
             let _ = epoll::delete(&self.epoll, &fd);
         }
     }
-
-    /// Number of pidfds watched.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether nothing is watched.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn run<T: OnExit>(me: Weak<ExitWatcher>, owner: Weak<T>) {
