@@ -196,6 +196,16 @@ pub struct SessionStats {
     pub events_aged_out: u64,
     /// Events held in the retention buffer now.
     pub events_retained: u64,
+    /// Events waiting for OTLP export now (0 without export).
+    #[serde(default)]
+    pub events_export_queued: u64,
+    /// Events exported over OTLP.
+    #[serde(default)]
+    pub events_exported: u64,
+    /// Events the exporter dropped: its queue was full (collector slow or down), the
+    /// collector failed or rejected them.
+    #[serde(default)]
+    pub events_export_dropped: u64,
     /// Whether the session is running.
     pub running: bool,
 }

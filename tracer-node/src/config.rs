@@ -58,6 +58,10 @@ pub struct Config {
     /// Directory where the registry is persisted, so a restart keeps the live containers.
     #[arg(long, env = "TRACER_STATE_DIR", default_value = "/run/container-tracer/state")]
     pub state_dir: PathBuf,
+
+    /// OTLP export.
+    #[command(flatten)]
+    pub export: crate::export::ExportArgs,
 }
 
 /// Accepts the original's Go-style `:8080` as well as `HOST:PORT`.
@@ -86,6 +90,9 @@ pub enum ConfigError {
     /// The node name is empty or has characters that do not belong in a name.
     #[error("--node-name {0:?} is not a valid node name")]
     NodeName(String),
+    /// An export setting is unusable.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportConfigError),
 }
 
 impl Config {
@@ -120,6 +127,7 @@ impl Config {
                 return Err(ConfigError::NodeName(name.clone()));
             }
         }
+        self.export.resolve()?;
         Ok(())
     }
 

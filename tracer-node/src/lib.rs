@@ -4,8 +4,10 @@
 pub mod api;
 pub mod caps;
 pub mod config;
+pub mod export;
 pub mod ftrace;
 pub mod hooks;
+pub mod metrics;
 pub mod registry;
 pub mod sessions;
 
@@ -37,6 +39,9 @@ pub enum RunError {
     /// The spool directory is unusable.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    /// The OTLP exporter could not be set up.
+    #[error(transparent)]
+    Export(#[from] export::transport::TransportError),
     /// The API address could not be bound or serving failed.
     #[error("REST API on {address}: {source}")]
     Serve {
@@ -51,7 +56,7 @@ pub enum RunError {
 impl RunError {
     /// Whether the error is the operator's configuration (exit 64) rather than the host.
     pub fn is_config(&self) -> bool {
-        matches!(self, RunError::Config(_))
+        matches!(self, RunError::Config(_) | RunError::Export(_))
     }
 }
 
@@ -79,6 +84,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
         None => Vec::new(),
     };
+    let metrics = Arc::new(metrics::Metrics::default());
+    let exporter = match config.export.resolve().map_err(config::ConfigError::from)? {
+        Some(c) => Some(export::Exporter::new(c, metrics.clone())?),
+        None => {
+            info!("OTLP export off (no endpoint)");
+            None
+        }
+    };
     let sessions = sessions::SessionManager::new(
         node_name.clone(),
         tracefs.clone(),
@@ -87,6 +100,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         sessions::Settings {
             buffer_kb: config.trace_buffer_kb,
             retention_events: usize::try_from(config.trace_retention).unwrap_or(usize::MAX),
+            exporter: exporter.clone(),
+            metrics,
         },
     );
     let loaded = registry.load_persisted()?;
@@ -121,6 +136,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // Leave no instance behind: stop every session (their readers drain) and remove them.
     if let Err(e) = sessions.delete_all().await {
         tracing::warn!(error = %e, "cleaning up sessions at shutdown failed");
+    }
+    if let Some(ex) = &exporter {
+        ex.drain(std::time::Duration::from_secs(20)).await;
     }
     let _ = std::fs::remove_file(&config.registry_socket);
     info!("stopped");

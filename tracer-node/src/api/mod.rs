@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/trace-session/{id}/events", get(sessions::get_events))
         .route("/v1/trace-session/{id}/stats", get(sessions::get_stats))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -62,6 +63,20 @@ async fn get_pods(State(state): State<AppState>) -> Result<Json<tracer_api::v1::
         .await
         .map_err(|e| ApiError::Internal(format!("pods task failed: {e}")))?;
     Ok(Json(pods))
+}
+
+/// Prometheus text exposition of the node's counters.
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let (sessions, sessions_running, live_overrun) = state.sessions.gauges();
+    let gauges = crate::metrics::Gauges {
+        containers: state.registry.len() as u64,
+        sessions,
+        sessions_running,
+        live_overrun,
+        export_enabled: state.sessions.exporter().is_some(),
+    };
+    let text = crate::metrics::render(state.sessions.metrics(), &state.registry.counters, &gauges);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
 async fn healthz() -> Json<Value> {

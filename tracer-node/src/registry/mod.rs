@@ -127,6 +127,8 @@ pub struct Registry {
     generation: AtomicU64,
     exits: Option<Arc<ExitWatcher>>,
     observer: std::sync::OnceLock<Weak<dyn RegistryObserver>>,
+    /// Counters of hook deliveries and spool replays, for `/metrics`.
+    pub counters: crate::metrics::RegistryCounters,
 }
 
 impl std::fmt::Debug for dyn RegistryObserver {
@@ -156,6 +158,7 @@ impl Registry {
                 generation: AtomicU64::new(1),
                 exits,
                 observer: std::sync::OnceLock::new(),
+                counters: crate::metrics::RegistryCounters::default(),
             }
         })
     }

@@ -106,6 +106,12 @@ async fn handle(mut stream: UnixStream, registry: &Registry, my_uid: u32) {
                 let kind = event.kind();
                 match registry.apply(event) {
                     Ok(applied) => {
+                        let counter = if kind == "created" {
+                            &registry.counters.hook_created
+                        } else {
+                            &registry.counters.hook_stopped
+                        };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         debug!(container_id = %id, event = kind, ?applied, "hook event applied");
                         HookReply { ok: true, error: None }
                     }
@@ -115,6 +121,7 @@ async fn handle(mut stream: UnixStream, registry: &Registry, my_uid: u32) {
         },
     };
     if let Some(error) = &reply.error {
+        registry.counters.hook_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         warn!(reason = %error, "registry socket: event refused");
     }
     let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());

@@ -73,6 +73,7 @@ pub fn replay(dir: &Path, registry: &Registry) -> Result<Replayed, SpoolError> {
             Err(e) => {
                 warn!(file = %name, error = %e, "discarding unreadable spool file");
                 done.unreadable += 1;
+                registry.counters.spool_unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Ok(spooled) => {
                 let id = spooled.event.container_id().to_owned();
@@ -81,10 +82,12 @@ pub fn replay(dir: &Path, registry: &Registry) -> Result<Replayed, SpoolError> {
                     Ok(applied) => {
                         info!(container_id = %id, event = kind, ?applied, spooled_because = %spooled.reason, "replayed spooled event");
                         done.applied += 1;
+                        registry.counters.spool_applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => {
                         info!(container_id = %id, event = kind, reason = %e, "spooled event no longer applies");
                         done.refused += 1;
+                        registry.counters.spool_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }

@@ -20,6 +20,7 @@ use crate::{
         format::{EventFormat, PageHeader},
         ring::{parse_page, Page},
     },
+    metrics::Metrics,
     registry::procfs::Procfs,
 };
 
@@ -34,6 +35,8 @@ pub struct ContainerTag {
     pub namespace: String,
     /// Container name.
     pub name: String,
+    /// Runtime that created it (`runc`, `crun`, ...), empty when unknown.
+    pub runtime: String,
 }
 
 /// What is known of a thread.
@@ -182,14 +185,30 @@ const FOLLOWER_QUEUE: usize = 1024;
 pub struct EventStore {
     retained: Mutex<Retained>,
     followers: Mutex<Vec<mpsc::Sender<Arc<Batch>>>>,
+    sinks: Mutex<Vec<crate::export::Sink>>,
     counters: Counters,
     capacity: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl EventStore {
-    /// A store retaining up to `capacity` events.
-    pub fn new(capacity: usize) -> Self {
-        Self { retained: Mutex::default(), followers: Mutex::default(), counters: Counters::default(), capacity }
+    /// A store retaining up to `capacity` events, counting into the node's `metrics`.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            retained: Mutex::default(),
+            followers: Mutex::default(),
+            sinks: Mutex::default(),
+            counters: Counters::default(),
+            capacity,
+            metrics,
+        }
+    }
+
+    /// Adds an export sink: every batch from now on is offered to it.
+    pub fn add_sink(&self, sink: crate::export::Sink) {
+        // Under the retention lock, as `push` offers batches: no batch is half-seen.
+        let _r = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).push(sink);
     }
 
     /// Adds the events of a page: kept for later readers, offered to every follower.
@@ -199,6 +218,7 @@ impl EventStore {
             return;
         }
         self.counters.read.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.events_read.fetch_add(n as u64, Ordering::Relaxed);
         let batch = Arc::new(batch);
         // Both locks, in this order (as `follow` takes them): a new follower sees each batch
         // exactly once, either in its snapshot or on its channel.
@@ -215,10 +235,13 @@ impl EventStore {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                self.metrics.events_dropped_streams.fetch_add(n as u64, Ordering::Relaxed);
                 true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+        drop(followers);
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).retain(|sink| sink.offer(&batch));
     }
 
     /// The retained events.
@@ -240,18 +263,21 @@ impl EventStore {
         mpsc::channel(1).1
     }
 
-    /// Ends every follower's stream (the session stopped).
+    /// Ends every follower's stream and export sink (the session stopped).
     pub fn close_followers(&self) {
         self.followers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Records the kernel's overrun count of a run (added to earlier runs').
     pub fn add_lost_kernel(&self, n: u64) {
         self.counters.lost_kernel.fetch_add(n, Ordering::Relaxed);
+        self.metrics.events_lost_kernel.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters now; `live_overrun` is the current run's kernel overrun so far.
-    pub fn stats(&self, running: bool, live_overrun: u64) -> SessionStats {
+    /// The counters now; `live_overrun` is the current run's kernel overrun so far, `export`
+    /// the session's export counters (queued, exported, dropped).
+    pub fn stats(&self, running: bool, live_overrun: u64, export: (u64, u64, u64)) -> SessionStats {
         let retained = self.retained.lock().unwrap_or_else(|p| p.into_inner()).events as u64;
         SessionStats {
             events_read: self.counters.read.load(Ordering::Relaxed),
@@ -259,6 +285,9 @@ impl EventStore {
             events_dropped: self.counters.dropped.load(Ordering::Relaxed),
             events_aged_out: self.counters.aged_out.load(Ordering::Relaxed),
             events_retained: retained,
+            events_export_queued: export.0,
+            events_exported: export.1,
+            events_export_dropped: export.2,
             running,
         }
     }
@@ -349,10 +378,16 @@ mod tests {
 
     #[test]
     fn pages_become_tagged_records_and_retention_is_bounded() {
-        let store = Arc::new(EventStore::new(3));
+        let store = Arc::new(EventStore::new(3, Arc::default()));
         let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), None));
         let me = std::process::id();
-        let tag = Arc::new(ContainerTag { id: "c".into(), pod: "p".into(), namespace: "n".into(), name: "x".into() });
+        let tag = Arc::new(ContainerTag {
+            id: "c".into(),
+            pod: "p".into(),
+            namespace: "n".into(),
+            name: "x".into(),
+            runtime: String::new(),
+        });
         resolver.add_container(me, tag.clone());
         let mut consume = page_consumer(1, HEADER, Arc::new(vec![]), resolver, store.clone());
         let page = PageBuilder::new(10).event(1, &payload(5, me as i32)).event(1, &payload(5, me as i32)).finish(0);
@@ -363,13 +398,13 @@ mod tests {
         let rec = &snap[0].records[0];
         assert_eq!(rec.task.tgid, me as i32);
         assert_eq!(rec.task.container.as_deref(), Some(&*tag));
-        let s = store.stats(true, 7);
+        let s = store.stats(true, 7, (0, 0, 0));
         assert_eq!((s.events_read, s.events_aged_out, s.events_retained, s.events_lost_kernel), (4, 2, 2, 7));
     }
 
     #[test]
     fn a_slow_follower_is_counted_as_dropped_and_never_blocks() {
-        let store = EventStore::new(1_000_000);
+        let store = EventStore::new(1_000_000, Arc::default());
         let (snap, mut rx) = store.follow();
         assert!(snap.is_empty());
         let resolver = Resolver::new(Procfs::new("/proc", "/sys"), None);
@@ -378,7 +413,7 @@ mod tests {
             let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info.clone() };
             store.push(Batch { cpu: 0, page: vec![], records: vec![rec] });
         }
-        let s = store.stats(true, 0);
+        let s = store.stats(true, 0, (0, 0, 0));
         assert_eq!(s.events_dropped, 10);
         assert!(rx.try_recv().is_ok());
         store.close_followers();

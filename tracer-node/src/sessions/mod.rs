@@ -18,8 +18,10 @@ use tracing::{error, info, warn};
 
 use self::events::{ContainerTag, EventStore, Resolver};
 use crate::{
+    export::{model::SessionContext, ExportCounters, Exporter, SessionExport},
     ftrace::{format::EventFormat, reader::Readers, Instance, Tracefs},
     hooks::{external::RunningExternal, Catalog, FtracePlan, HookError, Plan},
+    metrics::Metrics,
     registry::{Entry, Registry, RegistryObserver},
 };
 
@@ -69,11 +71,15 @@ pub struct Settings {
     pub buffer_kb: u64,
     /// Events a session keeps for `GET .../events`.
     pub retention_events: usize,
+    /// OTLP export of running sessions, when configured.
+    pub exporter: Option<Arc<Exporter>>,
+    /// The node's counters.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { buffer_kb: 8192, retention_events: 262_144 }
+        Self { buffer_kb: 8192, retention_events: 262_144, exporter: None, metrics: Arc::default() }
     }
 }
 
@@ -106,6 +112,7 @@ struct State {
     output: Option<Vec<String>>,
     error: Option<Vec<String>>,
     formats: Arc<HashMap<u16, EventFormat>>,
+    export: Option<SessionExport>,
 }
 
 /// One session.
@@ -117,6 +124,9 @@ pub struct Session {
     plan: Plan,
     store: Arc<EventStore>,
     resolver: Arc<Resolver>,
+    /// The OTLP trace of the session (all its runs).
+    trace_id: [u8; 16],
+    export: Arc<ExportCounters>,
     state: Mutex<State>,
     /// Serialises start, stop and delete of this session.
     op: tokio::sync::Mutex<()>,
@@ -240,8 +250,10 @@ impl SessionManager {
             id,
             spec,
             plan,
-            store: Arc::new(EventStore::new(self.settings.retention_events)),
+            store: Arc::new(EventStore::new(self.settings.retention_events, self.settings.metrics.clone())),
             resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), Some(self.tracefs.root().to_owned()))),
+            trace_id: crate::export::new_trace_id(),
+            export: Arc::new(ExportCounters::new(self.settings.metrics.clone())),
             state: Mutex::new(State::default()),
             op: tokio::sync::Mutex::new(()),
         });
@@ -298,6 +310,33 @@ impl SessionManager {
         sessions.iter().map(|s| (s.id.to_string(), self.info(s))).collect()
     }
 
+    /// The node's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.settings.metrics
+    }
+
+    /// The exporter, when export is configured.
+    pub fn exporter(&self) -> Option<&Arc<Exporter>> {
+        self.settings.exporter.as_ref()
+    }
+
+    /// (sessions, running sessions, kernel overrun of the runs in progress).
+    pub fn gauges(&self) -> (u64, u64, u64) {
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        let (mut running, mut overruns) = (0, 0);
+        for s in &sessions {
+            match &s.lock().run {
+                Some(Run::Ftrace { instance, .. }) => {
+                    running += 1;
+                    overruns += overrun(instance);
+                }
+                Some(Run::External(_)) => running += 1,
+                None => {}
+            }
+        }
+        (sessions.len() as u64, running, overruns)
+    }
+
     /// The session's statistics.
     pub fn stats(&self, id: u64) -> Result<SessionStats, SessionError> {
         let s = self.get(id)?;
@@ -306,7 +345,7 @@ impl SessionManager {
             Some(Run::Ftrace { instance, .. }) => overrun(instance),
             _ => 0,
         };
-        Ok(s.store.stats(st.run.is_some(), live))
+        Ok(s.store.stats(st.run.is_some(), live, s.export.snapshot()))
     }
 
     /// Adds a container to a session, and to its pid filter when it runs.
@@ -317,13 +356,20 @@ impl SessionManager {
             pod: r.pod.clone(),
             namespace: r.namespace.clone(),
             name: r.name.clone(),
+            runtime: r.runtime.clone().unwrap_or_default(),
         });
         let a = Attached { tag: tag.clone(), init: r.pid, cgroup: e.cgroup.clone() };
         let mut st = s.lock();
         if st.containers.contains_key(&r.id) {
             return;
         }
-        s.resolver.add_container(r.pid, tag);
+        s.resolver.add_container(r.pid, tag.clone());
+        if let Some(export) = &st.export {
+            // Attached while running means attached at its creation (or its late registration):
+            // its span starts when the runtime created it.
+            let at = if r.created_unix_ns > 0 { r.created_unix_ns } else { crate::export::model::unix_now() };
+            export.container_started(tag, r.pid, at, true);
+        }
         if let Some(Run::Ftrace { instance, recording, functions, .. }) = &mut st.run {
             let tids = container_tids(&self.registry, &a);
             match instance.add_pids(&tids, *functions) {
@@ -355,9 +401,9 @@ impl SessionManager {
         }
         let result = match s.plan.clone() {
             Plan::Ftrace(plan) => {
-                let (s2, tracefs, registry, settings) =
-                    (s.clone(), self.tracefs.clone(), self.registry.clone(), self.settings.clone());
-                tokio::task::spawn_blocking(move || start_ftrace(&s2, &plan, &tracefs, &registry, &settings))
+                let (s2, tracefs, registry, settings, node) =
+                    (s.clone(), self.tracefs.clone(), self.registry.clone(), self.settings.clone(), self.node.clone());
+                tokio::task::spawn_blocking(move || start_ftrace(&s2, &plan, &tracefs, &registry, &settings, &node))
                     .await
                     .map_err(|e| SessionError::Internal(format!("start task: {e}")))?
             }
@@ -461,13 +507,20 @@ impl SessionManager {
             .await
             .map_err(|e| SessionError::Internal(format!("stop task: {e}")))?;
         }
+        // The exporter hears of the stop first, then its queue closes: it sends the rest and
+        // ends the spans at the stop time, on its own time (a slow collector does not hold us).
+        if let Some(export) = s.lock().export.take() {
+            export.finish();
+        }
         s.store.close_followers();
-        let stats = s.store.stats(false, 0);
+        let stats = s.store.stats(false, 0, s.export.snapshot());
         info!(
             session = id,
             events_read = stats.events_read,
             events_lost_kernel = stats.events_lost_kernel,
             events_dropped = stats.events_dropped,
+            events_exported = stats.events_exported,
+            events_export_dropped = stats.events_export_dropped,
             "session stopped"
         );
         Ok(())
@@ -514,6 +567,7 @@ fn start_ftrace(
     tracefs: &Tracefs,
     registry: &Registry,
     settings: &Settings,
+    node: &str,
 ) -> Result<Option<Duration>, String> {
     let mut st = s.lock();
     let instance = Instance::create(tracefs, &s.id.to_string()).map_err(|e| e.to_string())?;
@@ -594,19 +648,44 @@ fn start_ftrace(
     .map_err(|e| e.to_string())?;
     // With an empty filter the instance would record every thread on the host: recording
     // starts only once the session has a thread to trace.
+    let formats = Arc::new(formats);
+    // Export is wired before recording starts, so it sees every event of the run.
+    let export = settings.exporter.as_ref().map(|ex| {
+        let ctx = SessionContext {
+            id: s.id,
+            trace_id: s.trace_id,
+            node: node.to_owned(),
+            service_name: ex.config().service_name.clone(),
+            hook: s.spec.trace_hook.clone(),
+            arguments: s.spec.trace_arguments.clone(),
+            user_context: s.spec.trace_user_context.clone(),
+            extra: ex.config().resource.clone(),
+        };
+        let containers = st.containers.values().map(|a| (a.tag.clone(), a.init)).collect();
+        let (sink, handle) = ex.start_session(ctx, formats.clone(), s.export.clone(), containers);
+        s.store.add_sink(sink);
+        handle
+    });
     let recording = !tids.is_empty();
     if recording {
         if let Err(e) = instance.set_tracing_on(true) {
             readers.stop_and_join();
+            if let Some(export) = export {
+                export.finish();
+            }
+            s.store.close_followers();
             return Err(format!("tracing_on: {e}"));
         }
     }
-    st.output = Some(vec![
-        format!("ftrace instance {}", instance.name()),
-        format!("events: GET /v1/trace-session/{}/events", s.id),
-    ]);
+    let mut output =
+        vec![format!("ftrace instance {}", instance.name()), format!("events: GET /v1/trace-session/{}/events", s.id)];
+    if export.is_some() {
+        output.push(format!("OTLP trace id {}", crate::export::hex(&s.trace_id)));
+    }
+    st.output = Some(output);
+    st.export = export;
     st.error = None;
-    st.formats = Arc::new(formats);
+    st.formats = formats;
     info!(session = s.id, instance = %instance.name(), threads = tids.len(), "ftrace instance recording");
     st.run = Some(Run::Ftrace { instance, readers: Some(readers), recording, functions });
     Ok(plan.duration)
@@ -625,8 +704,12 @@ impl RegistryObserver for SessionManager {
         for s in sessions {
             // The kernel drops exited threads from the filter itself (event-fork); this keeps
             // the session's container list true.
-            if s.lock().containers.remove(id).is_some() {
+            let mut st = s.lock();
+            if st.containers.remove(id).is_some() {
                 s.resolver.remove_container(id);
+                if let Some(export) = &st.export {
+                    export.container_exited(id);
+                }
             }
         }
     }

@@ -1,0 +1,262 @@
+//! OTLP transports: gRPC (tonic, the generated `LogsService` / `TraceService` clients) and
+//! HTTP/protobuf (hyper). Every request has the configured time limit; failures say whether
+//! the OTLP spec lets them be retried.
+
+use std::{io::Write, sync::Arc, time::Duration};
+
+use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse},
+    trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest, ExportTraceServiceResponse},
+};
+use prost::Message;
+use tonic::{
+    codec::CompressionEncoding,
+    metadata::{MetadataKey, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    Code,
+};
+
+use super::config::{ExportConfig, Protocol};
+
+/// A failed export request.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    /// Whether the same request may succeed later (OTLP's retryable codes, connection errors).
+    pub retryable: bool,
+    /// The server's `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+    /// What happened.
+    pub message: String,
+}
+
+/// The transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP {what}: {reason}")]
+pub struct TransportError {
+    what: &'static str,
+    reason: String,
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Grpc { logs: LogsServiceClient<Channel>, traces: TraceServiceClient<Channel> },
+    Http { client: HttpClient, logs: Uri, traces: Uri },
+}
+
+/// A connection to the collector, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    inner: Inner,
+    headers: Arc<Vec<(String, String)>>,
+    timeout: Duration,
+    gzip: bool,
+}
+
+/// The certificates of a PEM file.
+pub fn pem_certificates(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect()
+}
+
+/// Largest response body read (a response carries at most a partial-success message).
+const MAX_RESPONSE: usize = 64 * 1024;
+
+fn grpc_channel(uri: &Uri, cfg: &ExportConfig) -> Result<Channel, TransportError> {
+    let bad = |reason: String| TransportError { what: "gRPC endpoint", reason };
+    let mut ep = Endpoint::from_shared(uri.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(cfg.timeout)
+        .timeout(cfg.timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(cfg.timeout);
+    if uri.scheme_str() == Some("https") {
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(pem) = &cfg.ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        ep = ep.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+    }
+    // Lazy: the collector may come up after us; each export connects (again) as needed.
+    Ok(ep.connect_lazy())
+}
+
+fn http_client(cfg: &ExportConfig) -> Result<HttpClient, TransportError> {
+    let bad = |reason: String| TransportError { what: "HTTP client", reason };
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = &cfg.ca_pem {
+        roots.add_parsable_certificates(pem_certificates(pem));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(cfg.timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector))
+}
+
+fn grpc_retryable(code: Code) -> bool {
+    // The OTLP spec's retryable gRPC codes.
+    matches!(
+        code,
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+    )
+}
+
+impl Transport {
+    /// A transport for `cfg`. Connects lazily; must be called inside the tokio runtime.
+    pub fn new(cfg: &ExportConfig) -> Result<Self, TransportError> {
+        let inner = match cfg.protocol {
+            Protocol::Grpc => {
+                let mut logs = LogsServiceClient::new(grpc_channel(&cfg.logs_endpoint, cfg)?)
+                    .max_decoding_message_size(MAX_RESPONSE);
+                let mut traces = TraceServiceClient::new(grpc_channel(&cfg.traces_endpoint, cfg)?)
+                    .max_decoding_message_size(MAX_RESPONSE);
+                if cfg.gzip {
+                    logs = logs.send_compressed(CompressionEncoding::Gzip);
+                    traces = traces.send_compressed(CompressionEncoding::Gzip);
+                }
+                Inner::Grpc { logs, traces }
+            }
+            Protocol::HttpProtobuf => Inner::Http {
+                client: http_client(cfg)?,
+                logs: cfg.logs_endpoint.clone(),
+                traces: cfg.traces_endpoint.clone(),
+            },
+        };
+        Ok(Self { inner, headers: Arc::new(cfg.headers.clone()), timeout: cfg.timeout, gzip: cfg.gzip })
+    }
+
+    fn grpc_request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.timeout);
+        for (k, v) in self.headers.iter() {
+            if let (Ok(k), Ok(v)) = (MetadataKey::from_bytes(k.as_bytes()), MetadataValue::try_from(v.as_str())) {
+                req.metadata_mut().insert(k, v);
+            }
+        }
+        req
+    }
+
+    fn grpc_error(status: &tonic::Status) -> SendError {
+        SendError {
+            retryable: grpc_retryable(status.code()),
+            retry_after: None,
+            message: format!("gRPC {:?}: {}", status.code(), status.message()),
+        }
+    }
+
+    /// Exports log records; answers how many the collector rejected.
+    pub async fn logs(&self, req: ExportLogsServiceRequest) -> Result<u64, SendError> {
+        match &self.inner {
+            Inner::Grpc { logs, .. } => {
+                let answer = logs.clone().export(self.grpc_request(req)).await.map_err(|s| Self::grpc_error(&s))?;
+                Ok(answer.into_inner().partial_success.map_or(0, |p| p.rejected_log_records.max(0) as u64))
+            }
+            Inner::Http { client, logs, .. } => {
+                let body = self.post(client, logs, req.encode_to_vec()).await?;
+                Ok(ExportLogsServiceResponse::decode(body)
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map_or(0, |p| p.rejected_log_records.max(0) as u64))
+            }
+        }
+    }
+
+    /// Exports spans; answers how many the collector rejected.
+    pub async fn traces(&self, req: ExportTraceServiceRequest) -> Result<u64, SendError> {
+        match &self.inner {
+            Inner::Grpc { traces, .. } => {
+                let answer = traces.clone().export(self.grpc_request(req)).await.map_err(|s| Self::grpc_error(&s))?;
+                Ok(answer.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
+            }
+            Inner::Http { client, traces, .. } => {
+                let body = self.post(client, traces, req.encode_to_vec()).await?;
+                Ok(ExportTraceServiceResponse::decode(body)
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map_or(0, |p| p.rejected_spans.max(0) as u64))
+            }
+        }
+    }
+
+    async fn post(&self, client: &HttpClient, uri: &Uri, body: Vec<u8>) -> Result<Bytes, SendError> {
+        let fail = |retryable: bool, message: String| SendError { retryable, retry_after: None, message };
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(uri.clone())
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .header(header::USER_AGENT, concat!("container-tracer/", env!("CARGO_PKG_VERSION")));
+        let body = if self.gzip {
+            let mut enc =
+                flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+            enc.write_all(&body).and_then(|()| enc.finish()).map_err(|e| fail(false, format!("gzip: {e}")))?
+        } else {
+            body
+        };
+        if self.gzip {
+            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        }
+        for (k, v) in self.headers.iter() {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| fail(false, format!("request: {e}")))?;
+        let exchange = async {
+            let response = client.request(request).await.map_err(|e| fail(true, format!("HTTP {uri}: {e}")))?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| fail(true, format!("HTTP {uri}: reading the answer: {e}")))?;
+            if status.is_success() {
+                return Ok(body);
+            }
+            let retryable = matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            );
+            let text: String = String::from_utf8_lossy(&body).chars().filter(|c| !c.is_control()).take(200).collect();
+            Err(SendError { retryable, retry_after, message: format!("HTTP {uri}: {status} {text}") })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| fail(true, format!("HTTP {uri}: no answer within {:?}", self.timeout)))?
+    }
+}
