@@ -23,6 +23,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# 1b. The independent OTLP receiver of the export tests: opentelemetry-proto + grpcio from PyPI
+#     in a venv of its own (Debian's Python refuses system-wide pip installs).
+PYENV=/var/tmp/container-tracer-pyenv
+if ! "$PYENV/bin/python" -c 'import grpc, opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc' 2>/dev/null; then
+  echo "== installing the OTLP test receiver's Python packages into $PYENV"
+  if ! python3 -m venv "$PYENV" 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$PYENV"
+  fi
+  "$PYENV/bin/pip" install -q --disable-pip-version-check "opentelemetry-proto>=1.27,<2" "grpcio>=1.60,<2"
+fi
+export TRACER_TEST_PYTHON="$PYENV/bin/python"
+
 # 2. tracefs (tracer-node mounts it too, but the tests look at it directly).
 if [ ! -e /sys/kernel/tracing/trace ]; then
   mount -t tracefs nodev /sys/kernel/tracing

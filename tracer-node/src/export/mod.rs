@@ -234,6 +234,7 @@ impl Exporter {
         }
         let sink = Sink { tx, counters: counters.clone(), capacity: self.config.queue_events };
         let root = ctx.session_resource();
+        let already_dropped = counters.snapshot().2;
         let worker = Worker {
             ex: self.clone(),
             root_span: random_u64().to_be_bytes(),
@@ -248,7 +249,9 @@ impl Exporter {
             started,
             stopped: None,
             last_warn: None,
-            unreported: 0,
+            logged_dropped: already_dropped,
+            last_reason: String::new(),
+            retry_warned: None,
             drain_by: None,
         };
         let handle = tokio::runtime::Handle::current().spawn(worker.run(batches, ctl));
@@ -295,7 +298,9 @@ struct Worker {
     started: u64,
     stopped: Option<u64>,
     last_warn: Option<Instant>,
-    unreported: u64,
+    logged_dropped: u64,
+    last_reason: String,
+    retry_warned: Option<Instant>,
     drain_by: Option<Instant>,
 }
 
@@ -324,6 +329,7 @@ impl Worker {
                 _ = tick.tick() => {
                     self.flush(self.deadline()).await;
                     self.export_spans(false, self.deadline()).await;
+                    self.report(false);
                 }
             }
         }
@@ -335,9 +341,7 @@ impl Worker {
         let deadline = self.deadline();
         self.flush(deadline).await;
         self.export_spans(true, deadline.max(Instant::now() + self.ex.config.timeout)).await;
-        if self.unreported > 0 {
-            self.report_with("at the end of the run");
-        }
+        self.report(true);
         let (queued, exported, dropped) = self.counters.snapshot();
         info!(session = self.ctx.id, exported, dropped, queued, "OTLP export of the run finished");
     }
@@ -405,7 +409,7 @@ impl Worker {
             // The stopped run's drain time is used up (collector down or hanging): counted, not sent.
             self.counters.done(n);
             self.counters.drop_events(n);
-            self.note_loss(n, "the stopped session's export time ran out");
+            self.note_loss("the stopped session's export time ran out");
             return;
         }
         let (wall, observed) = (Wall::now(), model::unix_now());
@@ -456,7 +460,7 @@ impl Worker {
                     .collect();
                 let req = ExportLogsServiceRequest { resource_logs };
                 let t = self.ex.transport.clone();
-                send(|| t.logs(req.clone()), deadline, &self.ex.metrics).await
+                send(|| t.logs(req.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
             EventsAs::SpanEvents => {
                 let resource_spans = chunks
@@ -483,7 +487,7 @@ impl Worker {
                     .collect();
                 let req = ExportTraceServiceRequest { resource_spans };
                 let t = self.ex.transport.clone();
-                send(|| t.traces(req.clone()), deadline, &self.ex.metrics).await
+                send(|| t.traces(req.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
         };
         self.counters.done(n);
@@ -492,12 +496,12 @@ impl Worker {
                 self.counters.exported(n.saturating_sub(rejected));
                 if rejected > 0 {
                     self.counters.drop_events(rejected);
-                    self.note_loss(rejected, &format!("the collector rejected {rejected} records"));
+                    self.note_loss(&format!("the collector rejected {rejected} records"));
                 }
             }
             Err(e) => {
                 self.counters.drop_events(n);
-                self.note_loss(n, &e.message);
+                self.note_loss(&e.message);
             }
         }
     }
@@ -591,7 +595,7 @@ impl Worker {
         }
         let req = ExportTraceServiceRequest { resource_spans: out };
         let t = self.ex.transport.clone();
-        match send(|| t.traces(req.clone()), deadline, &self.ex.metrics).await {
+        match send(|| t.traces(req.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await {
             Ok(_) => {
                 self.ex.metrics.exported_spans.fetch_add(n, Ordering::Relaxed);
             }
@@ -602,33 +606,48 @@ impl Worker {
         }
     }
 
-    /// Logs losses, at most once per [`WARN_EVERY`] per session.
-    fn note_loss(&mut self, n: u64, why: &str) {
-        self.unreported += n;
-        if self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            self.last_warn = Some(Instant::now());
-            self.report_with(why);
-        }
+    /// Notes why events were just lost, and logs the losses (rate-limited).
+    fn note_loss(&mut self, why: &str) {
+        why.clone_into(&mut self.last_reason);
+        self.report(false);
     }
 
-    fn report_with(&mut self, why: &str) {
+    /// Logs the events dropped since the last report, at most once per [`WARN_EVERY`] unless
+    /// `now`: queue overflows (counted by the sink) as well as failed and rejected batches.
+    fn report(&mut self, now: bool) {
         let (queued, exported, dropped) = self.counters.snapshot();
+        if dropped <= self.logged_dropped || !(now || self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY)) {
+            return;
+        }
+        let reason = if self.last_reason.is_empty() {
+            "export queue full (collector slow or down)"
+        } else {
+            self.last_reason.as_str()
+        };
         warn!(
             session = self.ctx.id,
-            lost = self.unreported,
+            lost = dropped - self.logged_dropped,
             dropped_total = dropped,
             exported_total = exported,
             queued,
-            reason = why,
+            reason,
             "OTLP export dropped events"
         );
-        self.unreported = 0;
+        self.logged_dropped = dropped;
+        self.last_warn = Some(Instant::now());
+        self.last_reason.clear();
     }
 }
 
 /// Sends with retries (exponential backoff from 200 ms to 5 s, or the server's Retry-After)
 /// until `deadline`.
-async fn send<F, Fut>(mut attempt: F, deadline: Instant, metrics: &Metrics) -> Result<u64, SendError>
+async fn send<F, Fut>(
+    mut attempt: F,
+    deadline: Instant,
+    metrics: &Metrics,
+    warned: &mut Option<Instant>,
+    session: u64,
+) -> Result<u64, SendError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<u64, SendError>>,
@@ -643,6 +662,10 @@ where
                 let wait = e.retry_after.unwrap_or(backoff).min(Duration::from_secs(30));
                 if !e.retryable || Instant::now() + wait >= deadline {
                     return Err(e);
+                }
+                if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    *warned = Some(Instant::now());
+                    warn!(session, error = %e, "OTLP export failed; retrying (new events queue meanwhile, bounded)");
                 }
                 tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

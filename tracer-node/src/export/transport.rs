@@ -166,8 +166,11 @@ impl Transport {
     }
 
     fn grpc_error(status: &tonic::Status) -> SendError {
+        // A connection that could not be made or broke comes back as `Unknown` with the
+        // transport error as its source: as retryable as `Unavailable`.
+        let transport = std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>());
         SendError {
-            retryable: grpc_retryable(status.code()),
+            retryable: grpc_retryable(status.code()) || (status.code() == Code::Unknown && transport),
             retry_after: None,
             message: format!("gRPC {:?}: {}", status.code(), status.message()),
         }

@@ -89,8 +89,31 @@ impl Batch {
 pub struct Resolver {
     procfs: Procfs,
     tracefs: Option<std::path::PathBuf>,
-    inits: RwLock<HashMap<u32, Arc<ContainerTag>>>,
+    /// Container inits, with the time a container was removed: its last events are read up to
+    /// a poll interval after its exit (and resolved on another CPU's reader than its earlier
+    /// ones), so a removed container is still known for [`REMOVED_KEPT`].
+    inits: RwLock<HashMap<u32, KnownContainer>>,
+    saved: Mutex<Saved>,
 }
+
+/// A container and, once removed, when.
+type KnownContainer = (Arc<ContainerTag>, Option<Instant>);
+
+/// How long a removed container's threads are still tied to it.
+const REMOVED_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The kernel's `saved_cmdlines` and `saved_tgids`, parsed. Both files list every thread the
+/// kernel remembers (tens of thousands of lines): they are read once for a burst of exited
+/// threads, not once per thread, or a fork-heavy container would slow the readers down.
+#[derive(Debug, Default)]
+struct Saved {
+    read_at: Option<Instant>,
+    comms: HashMap<i32, String>,
+    tgids: HashMap<i32, i32>,
+}
+
+/// How often the saved tables may be read again for a thread they do not know.
+const SAVED_REFRESH: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Depth bound of the walk from a process up to its container's init.
 const MAX_ANCESTRY: usize = 64;
@@ -99,27 +122,48 @@ impl Resolver {
     /// A resolver reading `procfs`, and the kernel's `saved_cmdlines` / `saved_tgids` under
     /// `tracefs` for threads that exited before they could be looked up.
     pub fn new(procfs: Procfs, tracefs: Option<std::path::PathBuf>) -> Self {
-        Self { procfs, tracefs, inits: RwLock::new(HashMap::new()) }
+        Self { procfs, tracefs, inits: RwLock::new(HashMap::new()), saved: Mutex::default() }
     }
 
-    /// What the kernel remembered of `tid` when it recorded its events.
-    fn saved(&self, file: &str, tid: i32) -> Option<String> {
-        let text = crate::ftrace::tracefs::read_file(&self.tracefs.as_ref()?.join(file)).ok()?;
-        let key = tid.to_string();
-        text.lines().find_map(|l| {
-            let (pid, rest) = l.split_once(' ')?;
-            (pid == key).then(|| rest.trim().to_owned())
-        })
+    /// What the kernel remembered of `tid` (command, process) when it recorded its events.
+    fn saved(&self, tid: i32) -> (Option<String>, Option<i32>) {
+        let Some(root) = self.tracefs.as_ref() else { return (None, None) };
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let known = saved.comms.contains_key(&tid) && saved.tgids.contains_key(&tid);
+        if !known && saved.read_at.is_none_or(|t| t.elapsed() >= SAVED_REFRESH) {
+            let table = |file: &str| -> Vec<(i32, String)> {
+                crate::ftrace::tracefs::read_file(&root.join(file))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| {
+                        let (pid, rest) = l.split_once(' ')?;
+                        Some((pid.parse().ok()?, rest.trim().to_owned()))
+                    })
+                    .collect()
+            };
+            saved.comms = table("saved_cmdlines").into_iter().collect();
+            saved.tgids = table("saved_tgids").into_iter().filter_map(|(p, t)| Some((p, t.parse().ok()?))).collect();
+            saved.read_at = Some(Instant::now());
+        }
+        (saved.comms.get(&tid).cloned(), saved.tgids.get(&tid).copied())
     }
 
     /// Declares `init` as the init pid of `tag`'s container.
     pub fn add_container(&self, init: u32, tag: Arc<ContainerTag>) {
-        self.inits.write().unwrap_or_else(|p| p.into_inner()).insert(init, tag);
+        let mut inits = self.inits.write().unwrap_or_else(|p| p.into_inner());
+        inits.retain(|_, (_, gone)| gone.is_none_or(|t| t.elapsed() < REMOVED_KEPT));
+        inits.insert(init, (tag, None));
     }
 
     /// Forgets a container.
     pub fn remove_container(&self, id: &str) {
-        self.inits.write().unwrap_or_else(|p| p.into_inner()).retain(|_, t| t.id != id);
+        let mut inits = self.inits.write().unwrap_or_else(|p| p.into_inner());
+        inits.retain(|_, (_, gone)| gone.is_none_or(|t| t.elapsed() < REMOVED_KEPT));
+        for (tag, gone) in inits.values_mut() {
+            if tag.id == id {
+                gone.get_or_insert_with(Instant::now);
+            }
+        }
     }
 
     /// Reads what procfs says of thread `tid`: process, command, and the container whose init
@@ -134,9 +178,8 @@ impl Resolver {
         let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
         let (comm, tgid): (Arc<str>, i32) = if status.is_empty() {
             // Gone already (a short-lived process): the kernel's own records of it.
-            let comm = self.saved("saved_cmdlines", tid).unwrap_or_default();
-            let tgid = self.saved("saved_tgids", tid).and_then(|t| t.parse().ok()).unwrap_or(tid);
-            (Arc::from(comm.as_str()), tgid)
+            let (comm, tgid) = self.saved(tid);
+            (Arc::from(comm.unwrap_or_default().as_str()), tgid.unwrap_or(tid))
         } else {
             (Arc::from(field("Name:").unwrap_or("")), field("Tgid:").and_then(|v| v.parse().ok()).unwrap_or(tid))
         };
@@ -144,7 +187,7 @@ impl Resolver {
         let mut pid = u32::try_from(tgid).unwrap_or(utid);
         let mut container = None;
         for _ in 0..MAX_ANCESTRY {
-            if let Some(tag) = inits.get(&pid) {
+            if let Some((tag, _)) = inits.get(&pid) {
                 container = Some(tag.clone());
                 break;
             }
@@ -156,7 +199,7 @@ impl Resolver {
         // A thread gone before its ancestry could be read: the pid filter only lets the
         // session's containers' threads through, so with one container it can only be that one.
         if container.is_none() && inits.len() == 1 {
-            container = inits.values().next().cloned();
+            container = inits.values().next().map(|(t, _)| t.clone());
         }
         TaskInfo { tgid, comm, container, seen }
     }
