@@ -9,6 +9,7 @@ Prints `READY grpc=<port> http=<port>` once both listen."""
 import argparse
 import gzip
 import json
+import os
 import sys
 import threading
 import time
@@ -54,7 +55,24 @@ def attrs(kvs):
     return {kv.key: value(kv.value) for kv in kvs}
 
 
+COUNTS = {"logs": 0, "span_events": 0, "spans": 0, "requests": 0}
+
+
+def count(logs=0, span_events=0, spans=0):
+    """--count-only: totals only (the export benchmark), rewritten after every request."""
+    with LOCK:
+        COUNTS["logs"] += logs
+        COUNTS["span_events"] += span_events
+        COUNTS["spans"] += spans
+        COUNTS["requests"] += 1
+        with open(ARGS.out + ".tmp", "w") as f:
+            json.dump(COUNTS, f)
+        os.replace(ARGS.out + ".tmp", ARGS.out)
+
+
 def record_logs(req, protocol):
+    if ARGS.count_only:
+        return count(logs=sum(len(sl.log_records) for rl in req.resource_logs for sl in rl.scope_logs))
     lines = []
     for rl in req.resource_logs:
         records = []
@@ -76,6 +94,9 @@ def record_logs(req, protocol):
 
 
 def record_traces(req, protocol):
+    if ARGS.count_only:
+        spans = [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        return count(span_events=sum(len(s.events) for s in spans), spans=len(spans))
     lines = []
     for rs in req.resource_spans:
         spans = []
@@ -172,6 +193,7 @@ def main():
     p.add_argument("--mode-file", required=True)
     p.add_argument("--grpc-port", type=int, default=0)
     p.add_argument("--http-port", type=int, default=0)
+    p.add_argument("--count-only", action="store_true")
     ARGS = p.parse_args()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),

@@ -6,7 +6,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,44 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e::{containerd_annotations, require, rootfs, unique, wait_until, Bundle, Node, Runtime};
+use e2e::{
+    bench::{build_workload, cpu_ticks, parse_ns, ticks_to_ms, workload_bundle, workload_rootfs},
+    require, unique, wait_until, Node, Runtime,
+};
 use serde_json::json;
 
 const CALLS: u64 = 4_000_000;
-
-fn build_workload(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/getppid.c");
-    let out = dir.join("getppid");
-    let st = Command::new("gcc").args(["-O2", "-static", "-o"]).arg(&out).arg(&src).status().expect("gcc");
-    assert!(st.success(), "gcc -static failed (libc6-dev installed?)");
-    out
-}
-
-/// A rootfs with busybox and the workload, for the traced container.
-fn workload_rootfs(bin: &Path, dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    let st = Command::new("cp").arg("-a").arg(rootfs()).arg(&root).status().expect("cp");
-    assert!(st.success());
-    fs::copy(bin, root.join("bin/getppid")).expect("copy workload");
-    root
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime (all threads) are fields 14 and 15: indexes 11 and 12 after the comm.
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(11) + field(12)
-}
-
-fn ticks_to_ms(t: u64) -> f64 {
-    t as f64 * 1000.0 / 100.0
-}
-
-fn parse_ns(out: &[u8]) -> f64 {
-    String::from_utf8_lossy(out).lines().rev().find_map(|l| l.trim().parse::<f64>().ok()).unwrap_or(f64::NAN) / 1e6
-}
 
 fn untraced(bin: &Path) -> f64 {
     let out = Command::new(bin).arg(CALLS.to_string()).output().expect("workload");
@@ -68,17 +37,8 @@ fn container_tracer(bin: &Path, dir: &Path) {
             "trace-arguments": "-s sys_enter_getppid", "wait-for-containers": true}))
         .expect("session");
     node.run_session(&sid, true).expect("start");
-    let mut bundle = Bundle::new(
-        &["/bin/getppid", &CALLS.to_string()],
-        &containerd_annotations(&pod, "ns", "w"),
-        Bundle::hooks_for(&node),
-    )
-    .expect("bundle");
     let root = workload_rootfs(bin, dir);
-    let cfg = bundle.dir.path().join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&cfg).expect("cfg")).expect("json");
-    spec["root"]["path"] = json!(root);
-    fs::write(&cfg, serde_json::to_vec(&spec).expect("ser")).expect("write cfg");
+    let mut bundle = workload_bundle(&node, &pod, &root, &["/bin/getppid", &CALLS.to_string()]);
     let cpu0 = cpu_ticks(node.pid());
     let out = rt.run(&unique("ct-bench"), &bundle).expect("runc run");
     let workload_ms = parse_ns(&out.stdout);

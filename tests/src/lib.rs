@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod bench;
+
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
@@ -640,6 +642,7 @@ pub struct Receiver {
     pub grpc_port: u16,
     /// Its OTLP/HTTP port.
     pub http_port: u16,
+    count_only: bool,
 }
 
 impl Receiver {
@@ -651,9 +654,25 @@ impl Receiver {
     /// Starts a receiver on the given ports (0: any free one).
     pub fn start_on(grpc_port: u16, http_port: u16) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ct-otlp-").tempdir()?;
-        let mut r = Receiver { dir, child: None, grpc_port, http_port };
+        let mut r = Receiver { dir, child: None, grpc_port, http_port, count_only: false };
         r.spawn()?;
         Ok(r)
+    }
+
+    /// Starts a receiver that only counts what it receives (see [`Receiver::counts`]).
+    pub fn start_counting() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ct-otlp-").tempdir()?;
+        let mut r = Receiver { dir, child: None, grpc_port: 0, http_port: 0, count_only: true };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    /// Totals of a counting receiver: `logs`, `span_events`, `spans`, `requests`.
+    pub fn counts(&self) -> Value {
+        fs::read(self.dir.path().join("received.jsonl"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| json!({"logs": 0, "span_events": 0, "spans": 0, "requests": 0}))
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -665,6 +684,7 @@ impl Receiver {
             .arg("--mode-file")
             .arg(self.dir.path().join("mode"))
             .args(["--grpc-port", &self.grpc_port.to_string(), "--http-port", &self.http_port.to_string()])
+            .args(self.count_only.then_some("--count-only"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(self.dir.path().join("receiver.log"))?)

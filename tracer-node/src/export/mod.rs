@@ -460,7 +460,9 @@ impl Worker {
                     .collect();
                 let req = ExportLogsServiceRequest { resource_logs };
                 let t = self.ex.transport.clone();
-                send(|| t.logs(req.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
+                let body = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
+                drop(req);
+                send(|| t.logs(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
             EventsAs::SpanEvents => {
                 let resource_spans = chunks
@@ -487,7 +489,9 @@ impl Worker {
                     .collect();
                 let req = ExportTraceServiceRequest { resource_spans };
                 let t = self.ex.transport.clone();
-                send(|| t.traces(req.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
+                let body = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
+                drop(req);
+                send(|| t.traces(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
         };
         self.counters.done(n);
@@ -595,7 +599,8 @@ impl Worker {
         }
         let req = ExportTraceServiceRequest { resource_spans: out };
         let t = self.ex.transport.clone();
-        match send(|| t.traces(req.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await {
+        let body = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
+        match send(|| t.traces(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await {
             Ok(_) => {
                 self.ex.metrics.exported_spans.fetch_add(n, Ordering::Relaxed);
             }

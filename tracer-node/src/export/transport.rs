@@ -4,6 +4,7 @@
 
 use std::{io::Write, sync::Arc, time::Duration};
 
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -12,15 +13,15 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse},
-    trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest, ExportTraceServiceResponse},
+    logs::v1::ExportLogsServiceResponse, trace::v1::ExportTraceServiceResponse,
 };
 use prost::Message;
 use tonic::{
-    codec::CompressionEncoding,
+    client::Grpc,
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
     metadata::{MetadataKey, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
-    Code,
+    Code, Status,
 };
 
 use super::config::{ExportConfig, Protocol};
@@ -49,8 +50,61 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 
 #[derive(Debug, Clone)]
 enum Inner {
-    Grpc { logs: LogsServiceClient<Channel>, traces: TraceServiceClient<Channel> },
+    Grpc { logs: Grpc<Channel>, traces: Grpc<Channel> },
     Http { client: HttpClient, logs: Uri, traces: Uri },
+}
+
+/// The gRPC methods of OTLP.
+const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+const TRACES_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A codec that sends an already encoded request (so a retry resends the same bytes instead of
+/// re-encoding or cloning the message) and decodes the answer `R`.
+#[derive(Debug)]
+struct Preencoded<R>(std::marker::PhantomData<R>);
+
+impl<R> Default for Preencoded<R> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<R: Message + Default + Send + 'static> Codec for Preencoded<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = BytesEncoder;
+    type Decoder = Preencoded<R>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Preencoded::default()
+    }
+}
+
+/// Writes the bytes as they are.
+#[derive(Debug)]
+struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl<R: Message + Default + Send + 'static> Decoder for Preencoded<R> {
+    type Item = R;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<R>, Status> {
+        R::decode(src).map(Some).map_err(|e| Status::internal(format!("undecodable answer: {e}")))
+    }
 }
 
 /// A connection to the collector, cheap to clone.
@@ -135,10 +189,10 @@ impl Transport {
     pub fn new(cfg: &ExportConfig) -> Result<Self, TransportError> {
         let inner = match cfg.protocol {
             Protocol::Grpc => {
-                let mut logs = LogsServiceClient::new(grpc_channel(&cfg.logs_endpoint, cfg)?)
-                    .max_decoding_message_size(MAX_RESPONSE);
-                let mut traces = TraceServiceClient::new(grpc_channel(&cfg.traces_endpoint, cfg)?)
-                    .max_decoding_message_size(MAX_RESPONSE);
+                let mut logs =
+                    Grpc::new(grpc_channel(&cfg.logs_endpoint, cfg)?).max_decoding_message_size(MAX_RESPONSE);
+                let mut traces =
+                    Grpc::new(grpc_channel(&cfg.traces_endpoint, cfg)?).max_decoding_message_size(MAX_RESPONSE);
                 if cfg.gzip {
                     logs = logs.send_compressed(CompressionEncoding::Gzip);
                     traces = traces.send_compressed(CompressionEncoding::Gzip);
@@ -176,41 +230,50 @@ impl Transport {
         }
     }
 
-    /// Exports log records; answers how many the collector rejected.
-    pub async fn logs(&self, req: ExportLogsServiceRequest) -> Result<u64, SendError> {
-        match &self.inner {
-            Inner::Grpc { logs, .. } => {
-                let answer = logs.clone().export(self.grpc_request(req)).await.map_err(|s| Self::grpc_error(&s))?;
-                Ok(answer.into_inner().partial_success.map_or(0, |p| p.rejected_log_records.max(0) as u64))
-            }
+    async fn unary<R: Message + Default + Send + Sync + 'static>(
+        &self,
+        client: &Grpc<Channel>,
+        method: &'static str,
+        body: Bytes,
+    ) -> Result<R, SendError> {
+        let mut client = client.clone();
+        client.ready().await.map_err(|e| SendError {
+            retryable: true,
+            retry_after: None,
+            message: format!("gRPC connection: {e}"),
+        })?;
+        let answer = client
+            .unary(self.grpc_request(body), PathAndQuery::from_static(method), Preencoded::<R>::default())
+            .await
+            .map_err(|s| Self::grpc_error(&s))?;
+        Ok(answer.into_inner())
+    }
+
+    /// Exports an encoded `ExportLogsServiceRequest`; answers how many records the collector
+    /// rejected.
+    pub async fn logs(&self, body: Bytes) -> Result<u64, SendError> {
+        let answer: ExportLogsServiceResponse = match &self.inner {
+            Inner::Grpc { logs, .. } => self.unary(logs, LOGS_EXPORT, body).await?,
             Inner::Http { client, logs, .. } => {
-                let body = self.post(client, logs, req.encode_to_vec()).await?;
-                Ok(ExportLogsServiceResponse::decode(body)
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map_or(0, |p| p.rejected_log_records.max(0) as u64))
+                ExportLogsServiceResponse::decode(self.post(client, logs, body).await?).unwrap_or_default()
             }
-        }
+        };
+        Ok(answer.partial_success.map_or(0, |p| p.rejected_log_records.max(0) as u64))
     }
 
-    /// Exports spans; answers how many the collector rejected.
-    pub async fn traces(&self, req: ExportTraceServiceRequest) -> Result<u64, SendError> {
-        match &self.inner {
-            Inner::Grpc { traces, .. } => {
-                let answer = traces.clone().export(self.grpc_request(req)).await.map_err(|s| Self::grpc_error(&s))?;
-                Ok(answer.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
-            }
+    /// Exports an encoded `ExportTraceServiceRequest`; answers how many spans the collector
+    /// rejected.
+    pub async fn traces(&self, body: Bytes) -> Result<u64, SendError> {
+        let answer: ExportTraceServiceResponse = match &self.inner {
+            Inner::Grpc { traces, .. } => self.unary(traces, TRACES_EXPORT, body).await?,
             Inner::Http { client, traces, .. } => {
-                let body = self.post(client, traces, req.encode_to_vec()).await?;
-                Ok(ExportTraceServiceResponse::decode(body)
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map_or(0, |p| p.rejected_spans.max(0) as u64))
+                ExportTraceServiceResponse::decode(self.post(client, traces, body).await?).unwrap_or_default()
             }
-        }
+        };
+        Ok(answer.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
     }
 
-    async fn post(&self, client: &HttpClient, uri: &Uri, body: Vec<u8>) -> Result<Bytes, SendError> {
+    async fn post(&self, client: &HttpClient, uri: &Uri, body: Bytes) -> Result<Bytes, SendError> {
         let fail = |retryable: bool, message: String| SendError { retryable, retry_after: None, message };
         let mut builder = Request::builder()
             .method(Method::POST)
@@ -220,7 +283,9 @@ impl Transport {
         let body = if self.gzip {
             let mut enc =
                 flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-            enc.write_all(&body).and_then(|()| enc.finish()).map_err(|e| fail(false, format!("gzip: {e}")))?
+            Bytes::from(
+                enc.write_all(&body).and_then(|()| enc.finish()).map_err(|e| fail(false, format!("gzip: {e}")))?,
+            )
         } else {
             body
         };
@@ -230,7 +295,7 @@ impl Transport {
         for (k, v) in self.headers.iter() {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        let request = builder.body(Full::new(Bytes::from(body))).map_err(|e| fail(false, format!("request: {e}")))?;
+        let request = builder.body(Full::new(body)).map_err(|e| fail(false, format!("request: {e}")))?;
         let exchange = async {
             let response = client.request(request).await.map_err(|e| fail(true, format!("HTTP {uri}: {e}")))?;
             let status = response.status();
