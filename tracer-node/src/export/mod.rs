@@ -5,6 +5,7 @@
 //! with backoff, keeps one span per attached container, and ends them all when the run stops.
 
 pub mod config;
+pub mod encode;
 pub mod model;
 pub mod transport;
 
@@ -19,8 +20,7 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::{logs::v1::ExportLogsServiceRequest, trace::v1::ExportTraceServiceRequest},
-    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    collector::trace::v1::ExportTraceServiceRequest,
     resource::v1::Resource,
     trace::v1::{span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status},
 };
@@ -235,7 +235,19 @@ impl Exporter {
         let sink = Sink { tx, counters: counters.clone(), capacity: self.config.queue_events };
         let root = ctx.session_resource();
         let already_dropped = counters.snapshot().2;
+        let names = formats
+            .iter()
+            .map(|(id, f)| {
+                let n = encode::EventNames {
+                    full: format!("{}:{}", f.system, f.name),
+                    system: f.system.clone(),
+                    event: f.name.clone(),
+                };
+                (*id, n)
+            })
+            .collect();
         let worker = Worker {
+            names,
             ex: self.clone(),
             root_span: random_u64().to_be_bytes(),
             root_resource: root,
@@ -286,6 +298,7 @@ struct SpanState {
 
 struct Worker {
     ex: Arc<Exporter>,
+    names: HashMap<u16, encode::EventNames>,
     ctx: SessionContext,
     formats: Arc<HashMap<u16, EventFormat>>,
     counters: Arc<ExportCounters>,
@@ -414,7 +427,7 @@ impl Worker {
         }
         let (wall, observed) = (Wall::now(), model::unix_now());
         let trace_id = self.ctx.trace_id;
-        let mut logs: BTreeMap<Option<String>, Vec<LogRecord>> = BTreeMap::new();
+        let mut logs: BTreeMap<Option<String>, Vec<u8>> = BTreeMap::new();
         let mut chunks: BTreeMap<Option<String>, Vec<opentelemetry_proto::tonic::trace::v1::span::Event>> =
             BTreeMap::new();
         let formats = self.formats.clone();
@@ -437,10 +450,17 @@ impl Worker {
                 };
                 let span_id = key.as_ref().and_then(|k| self.spans.get(k)).map_or(self.root_span, |s| s.span_id);
                 match self.ex.config.events_as {
-                    EventsAs::Logs => logs
-                        .entry(key)
-                        .or_default()
-                        .push(model::log_record(batch, rec, d, &wall, observed, &trace_id, &span_id)),
+                    EventsAs::Logs => encode::log_record(
+                        logs.entry(key).or_insert_with(|| Vec::with_capacity(256 * self.ex.config.batch_events)),
+                        batch,
+                        rec,
+                        self.names.get(&rec.event_id),
+                        &d.fields,
+                        &wall,
+                        observed,
+                        &trace_id,
+                        &span_id,
+                    ),
                     EventsAs::SpanEvents => {
                         chunks.entry(key).or_default().push(model::span_event(batch, rec, d, &wall))
                     }
@@ -450,18 +470,14 @@ impl Worker {
         drop(batches);
         let result = match self.ex.config.events_as {
             EventsAs::Logs => {
-                let resource_logs = logs
-                    .into_iter()
-                    .map(|(key, log_records)| ResourceLogs {
-                        resource: Some(self.resource_of(key.as_deref())),
-                        scope_logs: vec![ScopeLogs { scope: Some(model::scope()), log_records, ..Default::default() }],
-                        ..Default::default()
-                    })
-                    .collect();
-                let req = ExportLogsServiceRequest { resource_logs };
+                let mut body = Vec::with_capacity(logs.values().map(Vec::len).sum::<usize>() + 4096);
+                let scope = model::scope();
+                for (key, records) in &logs {
+                    encode::resource_logs(&mut body, &self.resource_of(key.as_deref()), &scope, records);
+                }
+                drop(logs);
+                let body = bytes::Bytes::from(body);
                 let t = self.ex.transport.clone();
-                let body = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
-                drop(req);
                 send(|| t.logs(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
             EventsAs::SpanEvents => {

@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::{
     common::v1::{any_value::Value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList},
-    logs::v1::LogRecord,
     resource::v1::Resource,
     trace::v1::span::Event,
 };
@@ -201,6 +200,8 @@ fn event_attributes(batch: &Batch, rec: &Record, d: &Decoded<'_>, extra: usize) 
 }
 
 /// A kernel event as a log record of span `span_id` of `trace_id`; its fields are the body.
+/// The reference that `encode::log_record` (what is sent) is checked against.
+#[cfg(test)]
 pub fn log_record(
     batch: &Batch,
     rec: &Record,
@@ -209,10 +210,10 @@ pub fn log_record(
     observed: u64,
     trace_id: &[u8; 16],
     span_id: &[u8; 8],
-) -> LogRecord {
+) -> opentelemetry_proto::tonic::logs::v1::LogRecord {
     let attributes = event_attributes(batch, rec, &d, 0);
     let body = any(&serde_json::Value::Object(d.fields));
-    LogRecord {
+    opentelemetry_proto::tonic::logs::v1::LogRecord {
         time_unix_nano: wall.unix(rec.ts),
         observed_time_unix_nano: observed,
         event_name: d.name,

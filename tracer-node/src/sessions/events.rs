@@ -60,8 +60,8 @@ pub struct Record {
     pub pid: i32,
     /// Event id (`common_type`).
     pub event_id: u16,
-    offset: u32,
-    len: u32,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
     /// The thread.
     pub task: Arc<TaskInfo>,
 }
@@ -71,7 +71,7 @@ pub struct Record {
 pub struct Batch {
     /// CPU the page came from.
     pub cpu: u32,
-    page: Vec<u8>,
+    pub(crate) page: Vec<u8>,
     /// The events.
     pub records: Vec<Record>,
 }
