@@ -86,3 +86,20 @@ async fn readyz_reflects_start_up_state() {
     assert!(body["Error"].is_string());
     assert_eq!(get(&app, "/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_the_registry_counts() {
+    let reg = registry(None);
+    let app = state(reg.clone());
+    let live = Proc::spawn();
+    reg.apply(create_event("m1", live.pid(), "p", "ns", "c")).expect("register");
+    let resp =
+        router(app).oneshot(Request::get("/metrics").body(Body::empty()).expect("request")).await.expect("response");
+    assert_eq!(resp.status().as_u16(), 200);
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    let text = String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8");
+    assert!(text.contains("\ncontainer_tracer_registered_containers 1\n"), "{text}");
+    assert!(text.contains("\ncontainer_tracer_sessions_running 0\n"), "{text}");
+    assert!(text.contains("\ncontainer_tracer_export_enabled 0\n"), "{text}");
+}

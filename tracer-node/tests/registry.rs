@@ -103,6 +103,9 @@ async fn spool_replay_applies_in_order_and_deletes_every_file() {
     std::fs::write(dir.path().join(".00000000000000000006-6-created.json.tmp"), "partial").expect("write");
     let done = spool::replay(dir.path(), &reg).expect("replay");
     assert_eq!((done.applied, done.refused, done.unreadable), (3, 1, 1));
+    let c = &reg.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((load(&c.spool_applied), load(&c.spool_refused), load(&c.spool_unreadable)), (3, 1, 1), "in /metrics");
     assert!(reg.contains("live") && !reg.contains("brief"));
     let left: Vec<String> = std::fs::read_dir(dir.path())
         .expect("ls")
@@ -166,5 +169,7 @@ async fn the_registry_socket_registers_and_answers_bad_messages_with_a_reason() 
     let reply = round_trip(&path, &huge).await;
     assert!(reply.error.as_deref().is_some_and(|e| e.contains("larger than")), "{reply:?}");
     assert_eq!(reg.len(), 1, "bad messages change nothing");
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((load(&reg.counters.hook_created), load(&reg.counters.hook_refused)), (1, 3), "in /metrics");
     task.abort();
 }
