@@ -12,7 +12,7 @@ fi
 
 # 1. Packages: runtimes, podman's helpers, a static busybox for the test rootfs.
 missing=()
-for pkg in runc crun podman conmon containerd busybox-static python3; do
+for pkg in runc crun podman conmon containerd busybox-static python3 openssl; do
   # The test rootfs needs the *static* busybox: the plain busybox package would not run in it.
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done

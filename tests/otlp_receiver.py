@@ -10,6 +10,7 @@ import argparse
 import gzip
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -194,17 +195,28 @@ def main():
     p.add_argument("--grpc-port", type=int, default=0)
     p.add_argument("--http-port", type=int, default=0)
     p.add_argument("--count-only", action="store_true")
+    p.add_argument("--tls-cert", help="serve both protocols over TLS with this certificate (PEM)")
+    p.add_argument("--tls-key")
     ARGS = p.parse_args()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-    grpc_port = server.add_insecure_port(f"127.0.0.1:{ARGS.grpc_port}")
+    if ARGS.tls_cert:
+        with open(ARGS.tls_key, "rb") as k, open(ARGS.tls_cert, "rb") as c:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        grpc_port = server.add_secure_port(f"127.0.0.1:{ARGS.grpc_port}", creds)
+    else:
+        grpc_port = server.add_insecure_port(f"127.0.0.1:{ARGS.grpc_port}")
     server.start()
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True
     http = ThreadingHTTPServer(("127.0.0.1", ARGS.http_port), Http)
+    if ARGS.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+        http.socket = ctx.wrap_socket(http.socket, server_side=True)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     print(f"READY grpc={grpc_port} http={http.server_address[1]}", flush=True)
     try:

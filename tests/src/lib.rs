@@ -6,6 +6,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     fs,
     net::TcpListener,
     path::{Path, PathBuf},
@@ -643,6 +644,7 @@ pub struct Receiver {
     /// Its OTLP/HTTP port.
     pub http_port: u16,
     count_only: bool,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Receiver {
@@ -654,7 +656,7 @@ impl Receiver {
     /// Starts a receiver on the given ports (0: any free one).
     pub fn start_on(grpc_port: u16, http_port: u16) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ct-otlp-").tempdir()?;
-        let mut r = Receiver { dir, child: None, grpc_port, http_port, count_only: false };
+        let mut r = Receiver { dir, child: None, grpc_port, http_port, count_only: false, tls: None };
         r.spawn()?;
         Ok(r)
     }
@@ -662,7 +664,16 @@ impl Receiver {
     /// Starts a receiver that only counts what it receives (see [`Receiver::counts`]).
     pub fn start_counting() -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ct-otlp-").tempdir()?;
-        let mut r = Receiver { dir, child: None, grpc_port: 0, http_port: 0, count_only: true };
+        let mut r = Receiver { dir, child: None, grpc_port: 0, http_port: 0, count_only: true, tls: None };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    /// Starts a receiver serving both protocols over TLS with `cert` / `key` (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ct-otlp-").tempdir()?;
+        let tls = Some((cert.to_owned(), key.to_owned()));
+        let mut r = Receiver { dir, child: None, grpc_port: 0, http_port: 0, count_only: false, tls };
         r.spawn()?;
         Ok(r)
     }
@@ -677,19 +688,23 @@ impl Receiver {
 
     fn spawn(&mut self) -> Result<()> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("otlp_receiver.py");
-        let mut child = Command::new(otlp_python())
-            .arg(script)
-            .arg("--out")
-            .arg(self.dir.path().join("received.jsonl"))
-            .arg("--mode-file")
-            .arg(self.dir.path().join("mode"))
-            .args(["--grpc-port", &self.grpc_port.to_string(), "--http-port", &self.http_port.to_string()])
-            .args(self.count_only.then_some("--count-only"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(fs::File::create(self.dir.path().join("receiver.log"))?)
-            .spawn()
-            .context("start the OTLP receiver")?;
+        let mut child =
+            Command::new(otlp_python())
+                .arg(script)
+                .arg("--out")
+                .arg(self.dir.path().join("received.jsonl"))
+                .arg("--mode-file")
+                .arg(self.dir.path().join("mode"))
+                .args(["--grpc-port", &self.grpc_port.to_string(), "--http-port", &self.http_port.to_string()])
+                .args(self.count_only.then_some("--count-only"))
+                .args(self.tls.iter().flat_map(|(c, k)| {
+                    [OsStr::new("--tls-cert"), c.as_os_str(), OsStr::new("--tls-key"), k.as_os_str()]
+                }))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(fs::File::create(self.dir.path().join("receiver.log"))?)
+                .spawn()
+                .context("start the OTLP receiver")?;
         let stdout = child.stdout.take().context("receiver stdout")?;
         self.child = Some(child);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -785,4 +800,66 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A throw-away CA and a `localhost` / `127.0.0.1` server certificate it signed, made with the
+/// `openssl` command in `dir`: (CA, server certificate, server key).
+pub fn test_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().context("run openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=container-tracer test CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ])?;
+    fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ])?;
+    Ok((dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key")))
 }

@@ -374,6 +374,69 @@ fn a_down_or_hanging_collector_costs_drops_not_kernel_events_and_export_resumes(
     let _ = rt.kill(&cid);
 }
 
+/// Traces the looping container for a second; answers (events of the session, its stats).
+fn short_session(node: &Node, rt: &Runtime) -> (Vec<Value>, Value, String) {
+    let pod = unique("otlp-tls");
+    let (cid, _) = looping_container(node, rt, &pod, "while true; do cat /etc/hostname > /dev/null; sleep 0.05; done");
+    let sid = node
+        .create_session(
+            &json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}),
+        )
+        .expect("create");
+    node.run_session(&sid, true).expect("start");
+    std::thread::sleep(Duration::from_millis(1000));
+    node.run_session(&sid, false).expect("stop");
+    let _ = rt.kill(&cid);
+    (node.events(&sid).expect("events"), stats(node, &sid), sid)
+}
+
+#[test]
+fn tls_endpoints_are_verified_against_the_configured_ca() {
+    if !require_otlp() || !require(&["openssl"]) {
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = e2e::test_certificates(certs.path()).expect("certificates");
+    let receiver = Receiver::start_tls(&cert, &key).expect("TLS receiver");
+    let rt = Runtime::new("runc").expect("runc");
+    let ca = ca.to_string_lossy().into_owned();
+    for (proto, port) in [("grpc", receiver.grpc_port), ("http/protobuf", receiver.http_port)] {
+        let before = receiver.log_records().len();
+        let endpoint = format!("https://localhost:{port}");
+        let node =
+            Node::start_with(&["--otlp-endpoint", &endpoint, "--otlp-protocol", proto, "--otlp-certificate", &ca])
+                .expect("node");
+        let (events, _, _) = short_session(&node, &rt);
+        assert!(
+            wait_until(Duration::from_secs(20), || receiver.log_records().len() - before >= events.len()),
+            "{proto} over TLS: {} of {} events\n{}",
+            receiver.log_records().len() - before,
+            events.len(),
+            node.log()
+        );
+        assert_eq!(receiver.log_records().len() - before, events.len(), "{proto}");
+    }
+    // Without the CA the server is not trusted: nothing is sent, the loss is counted, and a
+    // certificate error is not retried for seconds.
+    for (proto, port) in [("grpc", receiver.grpc_port), ("http/protobuf", receiver.http_port)] {
+        let before = receiver.log_records().len();
+        let endpoint = format!("https://localhost:{port}");
+        let node =
+            Node::start_with(&["--otlp-endpoint", &endpoint, "--otlp-protocol", proto, "--otlp-timeout", "1000"])
+                .expect("node");
+        let (events, _, sid) = short_session(&node, &rt);
+        assert!(
+            wait_until(Duration::from_secs(10), || stats(&node, &sid)["events_export_dropped"].as_u64()
+                == Some(events.len() as u64)),
+            "{proto}, untrusted server: every event dropped and counted: {}\n{}",
+            stats(&node, &sid),
+            node.log()
+        );
+        assert_eq!(receiver.log_records().len(), before, "nothing reached the untrusted server");
+        assert!(node.log().contains("certificate"), "the log says why");
+    }
+}
+
 #[test]
 fn bad_export_configuration_is_a_usage_error() {
     if !require(&[]) {

@@ -170,6 +170,24 @@ fn http_client(cfg: &ExportConfig) -> Result<HttpClient, TransportError> {
     Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector))
 }
 
+/// Whether a TLS failure (an untrusted or mismatched certificate, a failed handshake) is in
+/// `e`'s chain: a configuration problem that retrying within seconds will not fix.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps (connectors nest them): look inside.
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            return is_tls_failure(inner);
+        }
+        next = err.source();
+    }
+    false
+}
+
 fn grpc_retryable(code: Code) -> bool {
     // The OTLP spec's retryable gRPC codes.
     matches!(
@@ -222,9 +240,11 @@ impl Transport {
     fn grpc_error(status: &tonic::Status) -> SendError {
         // A connection that could not be made or broke comes back as `Unknown` with the
         // transport error as its source: as retryable as `Unavailable`.
-        let transport = std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>());
+        let source = std::error::Error::source(status);
+        let transport = source.is_some_and(|e| e.is::<tonic::transport::Error>());
+        let tls = source.is_some_and(is_tls_failure);
         SendError {
-            retryable: grpc_retryable(status.code()) || (status.code() == Code::Unknown && transport),
+            retryable: !tls && (grpc_retryable(status.code()) || (status.code() == Code::Unknown && transport)),
             retry_after: None,
             message: format!("gRPC {:?}: {}", status.code(), status.message()),
         }
@@ -238,7 +258,7 @@ impl Transport {
     ) -> Result<R, SendError> {
         let mut client = client.clone();
         client.ready().await.map_err(|e| SendError {
-            retryable: true,
+            retryable: !is_tls_failure(&e),
             retry_after: None,
             message: format!("gRPC connection: {e}"),
         })?;
@@ -297,7 +317,15 @@ impl Transport {
         }
         let request = builder.body(Full::new(body)).map_err(|e| fail(false, format!("request: {e}")))?;
         let exchange = async {
-            let response = client.request(request).await.map_err(|e| fail(true, format!("HTTP {uri}: {e}")))?;
+            let response = client.request(request).await.map_err(|e| {
+                let mut text = e.to_string();
+                let mut next = std::error::Error::source(&e);
+                while let Some(cause) = next {
+                    text = format!("{text}: {cause}");
+                    next = cause.source();
+                }
+                fail(!is_tls_failure(&e), format!("HTTP {uri}: {text}"))
+            })?;
             let status = response.status();
             let retry_after = response
                 .headers()
