@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (hook overhead on `runc run`, GET /v1/pods latency, lossless tracing of a
-# 1 M+ syscalls/s container against perf and text trace_pipe) and prints the figures.
+# 1 M+ syscalls/s container against perf and text trace_pipe, OTLP export rate and CPU) and prints
+# the figures.
 # Needs root and what scripts/test.sh installs. BENCH_RUNS sets the runc runs (200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
