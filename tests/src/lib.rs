@@ -863,3 +863,22 @@ pub fn test_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     ])?;
     Ok((dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key")))
 }
+
+/// The script of a container that opens a file a few times a second, from its init and from a
+/// forked `cat` per round.
+pub const LOOP_SCRIPT: &str = "while true; do cat /etc/hostname > /dev/null; sleep 0.05; done";
+
+/// Creates and starts (with `rt`) a container of `pod` (namespace `ns`, name `looper`) running
+/// `sh -c script`, registered with `node`; answers its id and init pid.
+pub fn looping_container(node: &Node, rt: &Runtime, pod: &str, script: &str) -> (String, u32) {
+    let id = unique("ct-loop");
+    let bundle =
+        Bundle::new(&["sh", "-c", script], &containerd_annotations(pod, "ns", "looper"), Bundle::hooks_for(node))
+            .expect("bundle");
+    rt.create(&id, &bundle).expect("create");
+    rt.start(&id).expect("start");
+    let pid = rt.pid(&id).expect("pid");
+    // The bundle directory may go once the container runs: runc keeps its own copy.
+    std::mem::forget(bundle);
+    (id, pid)
+}

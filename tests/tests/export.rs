@@ -5,21 +5,10 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use e2e::{
-    agent, binary, containerd_annotations, require, require_otlp, unique, wait_until, Bundle, Node, Receiver, Runtime,
+    agent, binary, containerd_annotations, looping_container, require, require_otlp, unique, wait_until, Bundle, Node,
+    Receiver, Runtime, LOOP_SCRIPT,
 };
 use serde_json::{json, Value};
-
-fn looping_container(node: &Node, rt: &Runtime, pod: &str, script: &str) -> (String, u32) {
-    let id = unique("ct-otlp");
-    let bundle =
-        Bundle::new(&["sh", "-c", script], &containerd_annotations(pod, "ns", "looper"), Bundle::hooks_for(node))
-            .expect("bundle");
-    rt.create(&id, &bundle).expect("create");
-    rt.start(&id).expect("start");
-    let pid = rt.pid(&id).expect("pid");
-    std::mem::forget(bundle);
-    (id, pid)
-}
 
 fn stats(node: &Node, sid: &str) -> Value {
     let (status, v) = node.call("GET", &format!("/v1/trace-session/{sid}/stats"), None).expect("stats");
@@ -58,8 +47,7 @@ fn every_event_arrives(protocol: &str, extra: &[&str], via_http: bool) {
     let node = Node::start_with(&flags).expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("otlp");
-    let (cid, init) =
-        looping_container(&node, &rt, &pod, "while true; do cat /etc/hostname > /dev/null; sleep 0.05; done");
+    let (cid, init) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let sid = node
         .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls",
                                 "trace-arguments": "-s openat", "trace-user-context": "otlp e2e"}))
@@ -249,8 +237,7 @@ fn the_original_jaeger_endpoint_sends_events_as_span_events_to_jaegers_otlp_port
     let node = Node::start_with(&["--jaeger-endpoint", "http://127.0.0.1:14268/api/traces"]).expect("node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("otlp-jaeger");
-    let (cid, _) =
-        looping_container(&node, &rt, &pod, "while true; do cat /etc/hostname > /dev/null; sleep 0.05; done");
+    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let sid = node
         .create_session(
             &json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}),
@@ -377,7 +364,7 @@ fn a_down_or_hanging_collector_costs_drops_not_kernel_events_and_export_resumes(
 /// Traces the looping container for a second; answers (events of the session, its stats).
 fn short_session(node: &Node, rt: &Runtime) -> (Vec<Value>, Value, String) {
     let pod = unique("otlp-tls");
-    let (cid, _) = looping_container(node, rt, &pod, "while true; do cat /etc/hostname > /dev/null; sleep 0.05; done");
+    let (cid, _) = looping_container(node, rt, &pod, LOOP_SCRIPT);
     let sid = node
         .create_session(
             &json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}),

@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use e2e::{agent, containerd_annotations, require, unique, wait_until, Bundle, Node, Runtime};
+use e2e::{
+    agent, containerd_annotations, looping_container, require, unique, wait_until, Bundle, Node, Runtime, LOOP_SCRIPT,
+};
 use serde_json::{json, Value};
 
 /// A host process outside any container doing the same system call as the container.
@@ -31,23 +33,6 @@ impl Drop for Noise {
     }
 }
 
-fn looping_container(node: &Node, rt: &Runtime, pod: &str) -> (String, u32) {
-    let id = unique("ct-sess");
-    // The init opens /dev/null itself (redirect) and forks a `cat` per round that opens a file.
-    let bundle = Bundle::new(
-        &["sh", "-c", "while true; do cat /etc/hostname > /dev/null; sleep 0.05; done"],
-        &containerd_annotations(pod, "ns", "looper"),
-        Bundle::hooks_for(node),
-    )
-    .expect("bundle");
-    rt.create(&id, &bundle).expect("create");
-    rt.start(&id).expect("start");
-    let pid = rt.pid(&id).expect("pid");
-    // The bundle directory may go once the container runs: runc keeps its own copy.
-    std::mem::forget(bundle);
-    (id, pid)
-}
-
 #[test]
 fn a_syscall_session_traces_the_containers_threads_and_their_children_only() {
     if !require(&["runc", "python3"]) {
@@ -56,7 +41,7 @@ fn a_syscall_session_traces_the_containers_threads_and_their_children_only() {
     let node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("traced");
-    let (cid, init) = looping_container(&node, &rt, &pod);
+    let (cid, init) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let noise = Noise::start();
     let sid = node
         .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls",
@@ -182,7 +167,7 @@ fn timed_sessions_stop_by_themselves_and_delete_leaves_no_instance() {
     let mut node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("timed");
-    let (cid, _) = looping_container(&node, &rt, &pod);
+    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let body = |args: &str| json!({"pod": pod, "container": "looper", "trace-hook": "trace_syscalls", "trace-arguments": args});
 
     let timed = node.create_session(&body("-t 500")).expect("create");
@@ -231,7 +216,7 @@ fn bad_session_requests_get_the_right_status_and_change_nothing() {
     let node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("bad");
-    let (cid, _) = looping_container(&node, &rt, &pod);
+    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let post = |body: &str| node.call("POST", "/v1/trace-session", Some(body)).expect("post");
     let ok = |hook: &str, args: &str| {
         json!({"pod": pod, "container": "*", "trace-hook": hook, "trace-arguments": args}).to_string()
@@ -295,7 +280,7 @@ fn a_following_stream_delivers_live_events_and_ends_when_the_session_stops() {
     let node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("follow");
-    let (cid, _) = looping_container(&node, &rt, &pod);
+    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let sid = node
         .create_session(
             &json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}),
@@ -333,7 +318,7 @@ fn a_hook_the_kernel_refuses_fails_with_a_clear_error_and_leaves_nothing() {
     let node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("func");
-    let (cid, _) = looping_container(&node, &rt, &pod);
+    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let sid = node
         .create_session(
             &json!({"pod": pod, "container": "*", "trace-hook": "trace_functions", "trace-arguments": "-f vfs_*"}),
@@ -405,7 +390,7 @@ esac
 
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("ext");
-    let (cid, init) = looping_container(&node, &rt, &pod);
+    let (cid, init) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
     let sid = node
         .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_demo", "trace-arguments": "-x 1"}))
         .expect("create");
