@@ -128,24 +128,25 @@ def write(lines):
                 f.write(json.dumps(line) + "\n")
 
 
+def grpc_mode(context):
+    """Misbehaves as the mode file says, before a gRPC request is recorded."""
+    m = mode()
+    if m == "unavailable":
+        context.abort(grpc.StatusCode.UNAVAILABLE, "receiver told to be unavailable")
+    if m == "hang":
+        wait_while_hanging()
+
+
 class Logs(logs_service_pb2_grpc.LogsServiceServicer):
     def Export(self, request, context):
-        m = mode()
-        if m == "unavailable":
-            context.abort(grpc.StatusCode.UNAVAILABLE, "receiver told to be unavailable")
-        if m == "hang":
-            wait_while_hanging()
+        grpc_mode(context)
         record_logs(request, "grpc")
         return logs_service_pb2.ExportLogsServiceResponse()
 
 
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
-        m = mode()
-        if m == "unavailable":
-            context.abort(grpc.StatusCode.UNAVAILABLE, "receiver told to be unavailable")
-        if m == "hang":
-            wait_while_hanging()
+        grpc_mode(context)
         record_traces(request, "grpc")
         return trace_service_pb2.ExportTraceServiceResponse()
 

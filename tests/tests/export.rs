@@ -236,17 +236,7 @@ fn the_original_jaeger_endpoint_sends_events_as_span_events_to_jaegers_otlp_port
     let receiver = Receiver::start_on(4317, 0).expect("receiver on 4317 (is something else using it?)");
     let node = Node::start_with(&["--jaeger-endpoint", "http://127.0.0.1:14268/api/traces"]).expect("node");
     let rt = Runtime::new("runc").expect("runc");
-    let pod = unique("otlp-jaeger");
-    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
-    let sid = node
-        .create_session(
-            &json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls", "trace-arguments": "-s openat"}),
-        )
-        .expect("create");
-    node.run_session(&sid, true).expect("start");
-    std::thread::sleep(Duration::from_millis(1500));
-    node.run_session(&sid, false).expect("stop");
-    let events = node.events(&sid).expect("events");
+    let (events, _, sid, pod, cid) = short_session(&node, &rt, Duration::from_millis(1500));
     let span_events =
         |r: &Receiver| -> usize { r.spans().iter().map(|(_, s)| s["events"].as_array().map_or(0, Vec::len)).sum() };
     assert!(
@@ -271,7 +261,6 @@ fn the_original_jaeger_endpoint_sends_events_as_span_events_to_jaegers_otlp_port
             "fields as attributes: {e}"
         );
     }
-    let _ = rt.kill(&cid);
 }
 
 #[test]
@@ -361,9 +350,10 @@ fn a_down_or_hanging_collector_costs_drops_not_kernel_events_and_export_resumes(
     let _ = rt.kill(&cid);
 }
 
-/// Traces the looping container for a second; answers (events of the session, its stats).
-fn short_session(node: &Node, rt: &Runtime) -> (Vec<Value>, Value, String) {
-    let pod = unique("otlp-tls");
+/// Traces a new looping container with `-s openat` for `run`; answers the session's events, its
+/// stats, the session id, the pod and the container id.
+fn short_session(node: &Node, rt: &Runtime, run: Duration) -> (Vec<Value>, Value, String, String, String) {
+    let pod = unique("otlp-short");
     let (cid, _) = looping_container(node, rt, &pod, LOOP_SCRIPT);
     let sid = node
         .create_session(
@@ -371,10 +361,10 @@ fn short_session(node: &Node, rt: &Runtime) -> (Vec<Value>, Value, String) {
         )
         .expect("create");
     node.run_session(&sid, true).expect("start");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(run);
     node.run_session(&sid, false).expect("stop");
     let _ = rt.kill(&cid);
-    (node.events(&sid).expect("events"), stats(node, &sid), sid)
+    (node.events(&sid).expect("events"), stats(node, &sid), sid, pod, cid)
 }
 
 #[test]
@@ -393,7 +383,7 @@ fn tls_endpoints_are_verified_against_the_configured_ca() {
         let node =
             Node::start_with(&["--otlp-endpoint", &endpoint, "--otlp-protocol", proto, "--otlp-certificate", &ca])
                 .expect("node");
-        let (events, _, _) = short_session(&node, &rt);
+        let (events, ..) = short_session(&node, &rt, Duration::from_secs(1));
         assert!(
             wait_until(Duration::from_secs(20), || receiver.log_records().len() - before >= events.len()),
             "{proto} over TLS: {} of {} events\n{}",
@@ -411,7 +401,7 @@ fn tls_endpoints_are_verified_against_the_configured_ca() {
         let node =
             Node::start_with(&["--otlp-endpoint", &endpoint, "--otlp-protocol", proto, "--otlp-timeout", "1000"])
                 .expect("node");
-        let (events, _, sid) = short_session(&node, &rt);
+        let (events, _, sid, ..) = short_session(&node, &rt, Duration::from_secs(1));
         assert!(
             wait_until(Duration::from_secs(10), || stats(&node, &sid)["events_export_dropped"].as_u64()
                 == Some(events.len() as u64)),
