@@ -33,6 +33,9 @@ pub enum RunError {
     /// The state directory is unusable.
     #[error(transparent)]
     Store(#[from] registry::store::StoreError),
+    /// The registry could not start (its exit watcher).
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     /// The registry socket could not be bound.
     #[error(transparent)]
     Socket(#[from] socket::SocketError),
@@ -75,7 +78,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
 
     let registry =
-        Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?));
+        Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?))?;
     let external = match &config.trace_hooks {
         Some(dir) => {
             let env =

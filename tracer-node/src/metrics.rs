@@ -61,6 +61,8 @@ pub struct Gauges {
     pub live_overrun: u64,
     /// Whether export is configured.
     pub export_enabled: bool,
+    /// Whether the exit watcher runs.
+    pub exit_watcher_up: bool,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
@@ -80,6 +82,13 @@ pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut o = String::with_capacity(4096);
     metric(&mut o, "registered_containers", "gauge", "Containers in the live registry.", &[("", g.containers)]);
+    metric(
+        &mut o,
+        "exit_watcher_up",
+        "gauge",
+        "1 while the thread that sees container inits exit runs; 0 means exits are seen at poststop only.",
+        &[("", u64::from(g.exit_watcher_up))],
+    );
     metric(&mut o, "sessions", "gauge", "Trace sessions.", &[("", g.sessions)]);
     metric(&mut o, "sessions_running", "gauge", "Running trace sessions.", &[("", g.sessions_running)]);
     metric(&mut o, "events_read_total", "counter", "Kernel events read from ftrace.", &[("", l(&m.events_read))]);

@@ -59,6 +59,38 @@ async fn the_exit_of_an_init_removes_its_container_without_a_stop_event() {
     assert!(eventually(|| reg.is_empty()).await, "exit not noticed");
 }
 
+/// The watcher thread used to start inside `Arc::new_cyclic` and quit silently when it ran
+/// before the registry existed (about one start in eight under load): every registry must see
+/// the exit. Registries are built from two threads at once, as a loaded node schedules them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_new_registry_sees_a_kill_of_an_init() {
+    const REGISTRIES: usize = 128;
+    let build = || {
+        (0..REGISTRIES / 2)
+            .map(|_| {
+                let reg = registry(None);
+                let init = Proc::spawn();
+                reg.apply(create_event("c", init.pid(), "p", "ns", "c")).expect("register");
+                (reg, init)
+            })
+            .collect::<Vec<_>>()
+    };
+    let other = std::thread::spawn(build);
+    let mut registries = build();
+    registries.extend(other.join().expect("builder thread"));
+    for (i, (reg, _)) in registries.iter().enumerate() {
+        assert!(reg.exit_watcher_alive(), "registry {i}: exit watcher not running");
+    }
+    for (_, init) in &mut registries {
+        // SIGKILL, like `kill -9` of a container's init: no stop event ever comes.
+        init.kill();
+    }
+    for (i, (reg, _)) in registries.iter().enumerate() {
+        assert!(eventually(|| reg.is_empty()).await, "registry {i} of {REGISTRIES} never saw its init exit");
+        assert!(reg.exit_watcher_alive(), "registry {i}: exit watcher stopped");
+    }
+}
+
 #[tokio::test]
 async fn the_persisted_registry_reloads_live_containers_and_forgets_dead_ones() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -74,6 +74,7 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         sessions_running,
         live_overrun,
         export_enabled: state.sessions.exporter().is_some(),
+        exit_watcher_up: state.registry.exit_watcher_alive(),
     };
     let text = crate::metrics::render(state.sessions.metrics(), &state.registry.counters, &gauges);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
@@ -84,6 +85,13 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if !state.registry.exit_watcher_alive() {
+        // Containers whose init is killed would stay listed, and sessions would keep them.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"Error": "the exit watcher stopped: exits are seen only at poststop; restart tracer-node"})),
+        );
+    }
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, Json(json!({"Node": state.node_name, "Containers": state.registry.len()})))
     } else {

@@ -69,6 +69,13 @@ pub enum RegistryError {
         #[source]
         source: ProcError,
     },
+    /// The exit watcher thread could not be started (the daemon refuses to run without it).
+    #[error("cannot start the exit watcher: {source}")]
+    ExitWatcher {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// pidfd_open failed for another reason than a dead process.
     #[error("container {id}: cannot watch pid {pid} for exit: {source}")]
     Pidfd {
@@ -125,7 +132,7 @@ pub struct Registry {
     procfs: Procfs,
     store: Option<Store>,
     generation: AtomicU64,
-    exits: Option<Arc<ExitWatcher>>,
+    exits: Arc<ExitWatcher>,
     observer: std::sync::OnceLock<Weak<dyn RegistryObserver>>,
     /// Counters of hook deliveries and spool replays, for `/metrics`.
     pub counters: crate::metrics::RegistryCounters,
@@ -146,21 +153,27 @@ fn valid_text(s: &str, max: usize) -> bool {
 
 impl Registry {
     /// A registry reading `procfs`, persisting to `store` when given (tests may go without).
-    pub fn new(procfs: Procfs, store: Option<Store>) -> Arc<Self> {
-        Arc::new_cyclic(|me: &Weak<Registry>| {
-            let exits = ExitWatcher::start(me.clone())
-                .map_err(|e| error!(error = %e, "cannot start the exit watcher; exits are seen at poststop only"))
-                .ok();
-            Self {
-                containers: Mutex::new(HashMap::new()),
-                procfs,
-                store,
-                generation: AtomicU64::new(1),
-                exits,
-                observer: std::sync::OnceLock::new(),
-                counters: crate::metrics::RegistryCounters::default(),
-            }
-        })
+    /// Fails when the exit watcher cannot start: without it a kill -9 of an init would leave
+    /// its container listed forever.
+    pub fn new(procfs: Procfs, store: Option<Store>) -> Result<Arc<Self>, RegistryError> {
+        let exits = ExitWatcher::new().map_err(|source| RegistryError::ExitWatcher { source })?;
+        let registry = Arc::new(Self {
+            containers: Mutex::new(HashMap::new()),
+            procfs,
+            store,
+            generation: AtomicU64::new(1),
+            exits: exits.clone(),
+            observer: std::sync::OnceLock::new(),
+            counters: crate::metrics::RegistryCounters::default(),
+        });
+        // Only now that the registry exists may the thread look for it.
+        exits.spawn(Arc::downgrade(&registry)).map_err(|source| RegistryError::ExitWatcher { source })?;
+        Ok(registry)
+    }
+
+    /// Whether the exit watcher runs; a dead one makes the daemon unready.
+    pub fn exit_watcher_alive(&self) -> bool {
+        self.exits.is_alive()
     }
 
     /// Sets the observer (once).
@@ -275,10 +288,8 @@ impl Registry {
         }
         let cgroup = self.procfs.container_cgroup(pid, &id);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        if let Some(exits) = &self.exits {
-            if let Err(e) = exits.watch(generation, pidfd) {
-                error!(container_id = %id, error = %e, "cannot watch init for exit; relying on poststop");
-            }
+        if let Err(e) = self.exits.watch(generation, pidfd) {
+            error!(container_id = %id, error = %e, "cannot watch init for exit; relying on poststop");
         }
         if persist {
             if let Some(store) = &self.store {
@@ -327,9 +338,7 @@ impl Registry {
     }
 
     fn unwatch(&self, generation: u64) {
-        if let Some(exits) = &self.exits {
-            exits.unwatch(generation);
-        }
+        self.exits.unwatch(generation);
     }
 
     /// Removes the container of registration `generation`, if it is still registered.

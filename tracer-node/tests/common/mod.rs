@@ -31,7 +31,7 @@ impl Drop for Proc {
 }
 
 pub fn registry(store: Option<Store>) -> Arc<Registry> {
-    Registry::new(Procfs::new("/proc", "/sys"), store)
+    Registry::new(Procfs::new("/proc", "/sys"), store).expect("registry with its exit watcher")
 }
 
 pub fn created(id: &str, pid: u32, pod: &str, namespace: &str, name: &str) -> ContainerCreated {
