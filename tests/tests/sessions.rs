@@ -208,6 +208,57 @@ fn timed_sessions_stop_by_themselves_and_delete_leaves_no_instance() {
     rt.delete(&cid).expect("delete container");
 }
 
+/// The daemon's ftrace reader threads (named `ftrace-cpuN`) now.
+fn reader_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ftrace-cpu")))
+        .count()
+}
+
+/// A start that waited for the session while a delete ran used to go ahead with the session it
+/// had fetched before: its instance and reader threads could then never be stopped, and every
+/// later `DELETE all` failed. Any interleaving of start, stop, delete and expiry leaves nothing.
+#[test]
+fn starts_racing_deletes_leave_no_instance_and_no_thread_behind() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("race");
+    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
+    let body = |args: &str| {
+        json!({"pod": pod, "container": "looper", "trace-hook": "trace_syscalls", "trace-arguments": args}).to_string()
+    };
+    for round in 0..25 {
+        // Every fourth session expires by itself while the others race it.
+        let args = if round % 4 == 3 { "-s openat -t 30" } else { "-s openat" };
+        let sid = node.create_session(&serde_json::from_str(&body(args)).expect("json")).expect("create");
+        let path = format!("/v1/trace-session/{sid}");
+        std::thread::scope(|scope| {
+            let run = || node.call("PUT", &path, Some(r#"{"Run":true}"#)).map(|r| r.0);
+            let stop = || node.call("PUT", &path, Some(r#"{"Run":false}"#)).map(|r| r.0);
+            let delete = || node.call("DELETE", &path, None).map(|r| r.0);
+            let handles =
+                [scope.spawn(run), scope.spawn(delete), scope.spawn(run), scope.spawn(stop), scope.spawn(run)];
+            for h in handles {
+                let status = h.join().expect("client thread").expect("request");
+                assert!([200, 404, 409].contains(&status), "round {round}: unexpected status {status}");
+            }
+        });
+        assert_eq!(node.call("GET", &path, None).expect("get").0, 404, "round {round}: the delete won in the end");
+        assert!(node.instances().is_empty(), "round {round}: instance left behind: {:?}", node.instances());
+    }
+    let started = std::time::Instant::now();
+    let (status, v) = node.call("DELETE", "/v1/trace-session/all", None).expect("delete all");
+    assert_eq!((status, &v), (200, &json!({})), "DELETE all after the races");
+    assert!(started.elapsed() < Duration::from_secs(2), "DELETE all took {:?}", started.elapsed());
+    assert_eq!(reader_threads(node.pid()), 0, "reader threads outlived their runs");
+    rt.delete(&cid).expect("delete container");
+}
+
 #[test]
 fn bad_session_requests_get_the_right_status_and_change_nothing() {
     if !require(&["runc"]) {

@@ -128,8 +128,16 @@ pub struct Session {
     trace_id: [u8; 16],
     export: Arc<ExportCounters>,
     state: Mutex<State>,
-    /// Serialises start, stop and delete of this session.
-    op: tokio::sync::Mutex<()>,
+    /// Serialises start, stop and delete of this session. It guards whether the session is
+    /// deleted: a start that waited for it while a delete ran must find that out under it,
+    /// or it would create an instance (and reader threads) that no one can ever stop.
+    op: tokio::sync::Mutex<Lifecycle>,
+}
+
+/// What the session's operation lock guards.
+#[derive(Debug, Default)]
+struct Lifecycle {
+    deleted: bool,
 }
 
 impl Session {
@@ -255,7 +263,7 @@ impl SessionManager {
             trace_id: crate::export::new_trace_id(),
             export: Arc::new(ExportCounters::new(self.settings.metrics.clone())),
             state: Mutex::new(State::default()),
-            op: tokio::sync::Mutex::new(()),
+            op: tokio::sync::Mutex::new(Lifecycle::default()),
         });
         // In the map first, then the current containers: one registering meanwhile is seen by
         // `registered` or by this snapshot, possibly both (attaching is idempotent).
@@ -392,10 +400,21 @@ impl SessionManager {
         st.containers.insert(r.id.clone(), a);
     }
 
-    /// Starts session `id`.
-    pub async fn start(&self, id: u64) -> Result<(), SessionError> {
+    /// Starts session `id`. Runs as a task of its own: a client that hangs up must not cancel
+    /// a start halfway (instance made, no timer set).
+    pub async fn start(self: &Arc<Self>, id: u64) -> Result<(), SessionError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.start_inner(id).await })
+            .await
+            .map_err(|e| SessionError::Internal(format!("start task: {e}")))?
+    }
+
+    async fn start_inner(&self, id: u64) -> Result<(), SessionError> {
         let s = self.get(id)?;
-        let _op = s.op.lock().await;
+        let op = s.op.lock().await;
+        if op.deleted {
+            return Err(SessionError::NotFound(id.to_string()));
+        }
         if s.lock().run.is_some() {
             return Err(SessionError::AlreadyRunning(id));
         }
@@ -464,9 +483,25 @@ impl SessionManager {
 
     /// Stops session `id` (a stopped one stays stopped). The session shows `Running: true`
     /// until its instance is gone, so a client that sees it stopped finds nothing left.
-    pub async fn stop(&self, id: u64) -> Result<(), SessionError> {
+    pub async fn stop(self: &Arc<Self>, id: u64) -> Result<(), SessionError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.stop_inner(id).await })
+            .await
+            .map_err(|e| SessionError::Internal(format!("stop task: {e}")))?
+    }
+
+    async fn stop_inner(&self, id: u64) -> Result<(), SessionError> {
         let s = self.get(id)?;
-        let _op = s.op.lock().await;
+        let op = s.op.lock().await;
+        if op.deleted {
+            return Err(SessionError::NotFound(id.to_string()));
+        }
+        self.stop_locked(&s).await
+    }
+
+    /// Stops `s`; the caller holds its operation lock.
+    async fn stop_locked(&self, s: &Arc<Session>) -> Result<(), SessionError> {
+        let id = s.id;
         let external = {
             let mut st = s.lock();
             st.generation += 1;
@@ -526,16 +561,31 @@ impl SessionManager {
         Ok(())
     }
 
-    /// Deletes session `id`, stopping it first.
-    pub async fn delete(&self, id: u64) -> Result<(), SessionError> {
-        self.stop(id).await?;
+    /// Deletes session `id`, stopping it first. Marked deleted under its operation lock, so
+    /// a start waiting behind this delete fails with 404 instead of starting a lost run.
+    pub async fn delete(self: &Arc<Self>, id: u64) -> Result<(), SessionError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.delete_inner(id).await })
+            .await
+            .map_err(|e| SessionError::Internal(format!("delete task: {e}")))?
+    }
+
+    async fn delete_inner(&self, id: u64) -> Result<(), SessionError> {
+        let s = self.get(id)?;
+        let mut op = s.op.lock().await;
+        if op.deleted {
+            return Err(SessionError::NotFound(id.to_string()));
+        }
+        op.deleted = true;
+        let stopped = self.stop_locked(&s).await;
         self.map().remove(&id);
+        drop(op);
         info!(session = id, "session deleted");
-        Ok(())
+        stopped
     }
 
     /// Deletes every session and resets the tracing subsystems: no instance of ours is left.
-    pub async fn delete_all(&self) -> Result<(), SessionError> {
+    pub async fn delete_all(self: &Arc<Self>) -> Result<(), SessionError> {
         let ids: Vec<u64> = self.map().keys().copied().collect();
         for id in ids {
             if let Err(e) = self.delete(id).await {
