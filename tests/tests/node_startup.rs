@@ -48,3 +48,35 @@ fn bad_configuration_exits_64_before_binding_anything() {
         assert!(!dir.path().join("s.sock").exists());
     }
 }
+
+/// A second daemon given the first one's socket used to unlink and re-bind it before failing
+/// on its busy port, leaving the first serving REST while hook events went nowhere.
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_the_first_alone() {
+    use std::os::unix::fs::MetadataExt;
+    if !require(&[]) {
+        return;
+    }
+    let node = e2e::Node::start().expect("first tracer-node");
+    let before = std::fs::metadata(node.socket()).expect("socket").ino();
+    let other = tempfile::tempdir().expect("tempdir");
+    for state_dir in [other.path().join("state"), node.dir.path().join("state")] {
+        let out = Command::new(binary("tracer-node"))
+            .args(["--address", "127.0.0.1:0"])
+            .arg("--registry-socket")
+            .arg(node.socket())
+            .arg("--spool-dir")
+            .arg(other.path().join("spool"))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--instance-prefix", &node.prefix])
+            .output()
+            .expect("run a second tracer-node");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a second daemon must not start: {stderr}");
+        assert!(stderr.contains("another tracer-node is running"), "{stderr}");
+    }
+    assert_eq!(std::fs::metadata(node.socket()).expect("socket still there").ino(), before, "socket replaced");
+    std::os::unix::net::UnixStream::connect(node.socket()).expect("the first daemon still takes hook events");
+    assert_eq!(node.pods().expect("pods"), serde_json::json!({}));
+}

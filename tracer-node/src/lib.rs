@@ -33,6 +33,9 @@ pub enum RunError {
     /// The state directory is unusable.
     #[error(transparent)]
     Store(#[from] registry::store::StoreError),
+    /// Another daemon holds this one's directories.
+    #[error(transparent)]
+    Lock(#[from] registry::lock::LockError),
     /// The registry could not start (its exit watcher).
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
@@ -67,6 +70,10 @@ impl RunError {
 pub async fn run(config: Config) -> Result<(), RunError> {
     config.validate()?;
     caps::check()?;
+    // Before anything is touched: a second daemon must fail here, not after it has replaced the
+    // first one's socket or removed its ftrace instances as stale.
+    let socket_dir = config.registry_socket.parent().unwrap_or(std::path::Path::new("/"));
+    let _lock = registry::lock::DirLock::acquire(&[socket_dir, &config.state_dir])?;
     let tracefs = ftrace::Tracefs::find_or_mount(&config.sysfs_path)?.with_prefix(&config.instance_prefix);
     let node_name = config.node_name();
     info!(node = %node_name, tracefs = %tracefs.root().display(), "starting tracer-node");

@@ -2,6 +2,7 @@
 //! at poststop or as soon as their init exits (pidfd, event-driven), persisted across restarts.
 
 pub mod exits;
+pub mod lock;
 pub mod procfs;
 pub mod socket;
 pub mod spool;
