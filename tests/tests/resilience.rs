@@ -193,3 +193,23 @@ fn a_container_whose_hook_is_misconfigured_or_has_no_daemon_still_runs() {
     kinds.sort();
     assert_eq!(kinds, vec!["created.json", "stopped.json"]);
 }
+
+/// A FIFO named like a spool file used to wedge replay for good: the HTTP port was never bound
+/// and SIGTERM was never served.
+#[test]
+fn a_fifo_in_the_spool_neither_blocks_start_up_nor_shutdown() {
+    if !require(&[]) {
+        return;
+    }
+    let mut node = Node::start().expect("tracer-node");
+    node.stop(true);
+    let fifo = node.spool().join("00000000000000000001-1-created.json");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RWXU, 0).expect("mkfifo");
+    node.start_again().expect("ready with a FIFO in the spool");
+    assert!(!fifo.exists(), "the FIFO is removed, not replayed");
+    assert!(node.log().contains("not a regular file (FIFO)"), "{}", node.log());
+    let started = std::time::Instant::now();
+    node.stop(true);
+    assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM took {:?}", started.elapsed());
+    assert!(node.log().contains("stopped"), "graceful stop: {}", node.log());
+}

@@ -121,10 +121,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // registration is checked for liveness, so the order of the two sources does not matter.
     let listener = socket::bind(&config.registry_socket)?;
     let socket_task = tokio::spawn(socket::serve(listener, registry.clone()));
-    spool::ensure_dir(&config.spool_dir)?;
+    let spool = Arc::new(spool::Spool::open(&config.spool_dir)?);
     let spool_task = {
-        let (dir, registry) = (config.spool_dir.clone(), registry.clone());
-        tokio::task::spawn_blocking(move || spool::watch(dir, registry)).await.map_err(|e| {
+        let registry = registry.clone();
+        tokio::task::spawn_blocking(move || spool::watch(spool, registry)).await.map_err(|e| {
             RunError::Spool(spool::SpoolError::Dir {
                 op: "replay",
                 path: config.spool_dir.clone(),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{create_event, created, eventually, registry, stop_event, Proc};
+use common::{create_event, created, eventually, private_dir, registry, stop_event, Proc};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracer_api::{HookReply, RegistryEvent, SpooledEvent};
 use tracer_node::registry::{socket, spool, store::Store, Applied, RegistryError};
@@ -93,7 +93,7 @@ async fn every_new_registry_sees_a_kill_of_an_init() {
 
 #[tokio::test]
 async fn the_persisted_registry_reloads_live_containers_and_forgets_dead_ones() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = private_dir();
     let (live, mut dying) = (Proc::spawn(), Proc::spawn());
     {
         let reg = registry(Some(Store::open(dir.path()).expect("store")));
@@ -121,7 +121,7 @@ fn spool(dir: &std::path::Path, name: &str, event: RegistryEvent) {
 
 #[tokio::test]
 async fn spool_replay_applies_in_order_and_deletes_every_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = private_dir();
     let reg = registry(None);
     let (live, mut gone) = (Proc::spawn(), Proc::spawn());
     let gone_pid = gone.pid();
@@ -133,8 +133,8 @@ async fn spool_replay_applies_in_order_and_deletes_every_file() {
     spool(dir.path(), "00000000000000000000-4-stopped.json", stop_event("live"));
     std::fs::write(dir.path().join("00000000000000000005-5-created.json"), "not json").expect("write");
     std::fs::write(dir.path().join(".00000000000000000006-6-created.json.tmp"), "partial").expect("write");
-    let done = spool::replay(dir.path(), &reg).expect("replay");
-    assert_eq!((done.applied, done.refused, done.unreadable), (3, 1, 1));
+    let done = spool::Spool::open(dir.path()).expect("spool").replay(&reg).expect("replay");
+    assert_eq!((done.applied, done.refused, done.unreadable, done.deferred), (3, 1, 1, 0));
     let c = &reg.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!((load(&c.spool_applied), load(&c.spool_refused), load(&c.spool_unreadable)), (3, 1, 1), "in /metrics");
@@ -149,9 +149,10 @@ async fn spool_replay_applies_in_order_and_deletes_every_file() {
 
 #[tokio::test]
 async fn files_appearing_in_the_spool_are_replayed_while_running() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = private_dir();
     let reg = registry(None);
-    let task = spool::watch(dir.path().to_owned(), reg.clone()).expect("watch");
+    let spool = std::sync::Arc::new(spool::Spool::open(dir.path()).expect("spool"));
+    let task = spool::watch(spool, reg.clone()).expect("watch");
     let live = Proc::spawn();
     // Written the way the hook writes: a temp file renamed into place.
     let tmp = dir.path().join(".x.tmp");

@@ -2,6 +2,7 @@
 //! at poststop or as soon as their init exits (pidfd, event-driven), persisted across restarts.
 
 pub mod exits;
+pub mod files;
 pub mod lock;
 pub mod procfs;
 pub mod socket;
@@ -146,7 +147,8 @@ impl std::fmt::Debug for dyn RegistryObserver {
 }
 
 const MAX_NAME: usize = 253;
-const MAX_ID: usize = 1024;
+/// Longest id: `.<id>.tmp`, the state file's temp name, must fit a file name (255 bytes).
+const MAX_ID: usize = 250;
 
 fn valid_text(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
@@ -211,7 +213,7 @@ impl Registry {
                     }
                 },
                 Err(e) => {
-                    warn!(path = %path.display(), error = %e, "discarding unreadable registry file");
+                    warn!(path = ?path, error = %e, "discarding unreadable registry file");
                     store.discard(&path);
                 }
             }

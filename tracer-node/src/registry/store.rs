@@ -13,6 +13,9 @@ use tracer_api::ContainerCreated;
 /// Errors of the state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The directory is not ours alone.
+    #[error("state directory refused: {0}")]
+    Unsafe(#[from] super::files::DirError),
     /// Creating, writing or removing a file failed.
     #[error("cannot {op} {path}: {source}")]
     Io {
@@ -44,6 +47,7 @@ impl Store {
             path: dir.clone(),
             source,
         })?;
+        super::files::check_private_dir(&dir)?;
         Ok(Self { dir })
     }
 
@@ -82,44 +86,43 @@ impl Store {
     }
 
     /// Every stored record; unreadable files are returned as errors with their path, to be
-    /// logged and removed by the caller.
+    /// logged and removed by the caller. Only regular files of ours named `<id>.json` whose
+    /// record holds that same id are taken: a record under another name would be reloaded at
+    /// every start and never removed (removal goes by id).
     pub fn load_all(&self) -> Result<Vec<Loaded>, StoreError> {
         let entries =
             fs::read_dir(&self.dir).map_err(|source| StoreError::Io { op: "list", path: self.dir.clone(), source })?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+            let raw = entry.file_name();
+            let Some(name) = super::files::plain_name(&raw) else {
+                out.push((path, Err("the file name is not plain text".to_owned())));
+                continue;
+            };
             if name.starts_with('.') {
                 // A temp file of a write interrupted by a crash.
-                let _ = fs::remove_file(&path);
+                super::files::remove_entry(&path);
                 continue;
             }
-            if !name.ends_with(".json") {
-                continue;
-            }
-            let parsed = read_bounded(&path).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+            let Some(stem) = name.strip_suffix(".json") else { continue };
+            let parsed = super::files::read_private_file(&path, tracer_api::hook::MAX_MESSAGE_BYTES as u64)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<ContainerCreated>(&b).map_err(|e| e.to_string()))
+                .and_then(|rec| {
+                    if rec.id == stem {
+                        Ok(rec)
+                    } else {
+                        Err(format!("it holds container {:?}, not {stem:?}", rec.id))
+                    }
+                });
             out.push((path, parsed));
         }
         Ok(out)
     }
 
-    /// Removes a file found by [`Store::load_all`].
+    /// Removes a file found by [`Store::load_all`] (a directory is left in place).
     pub fn discard(&self, path: &Path) {
-        let _ = fs::remove_file(path);
+        super::files::remove_entry(path);
     }
-}
-
-/// Reads a file of at most [`tracer_api::hook::MAX_MESSAGE_BYTES`].
-pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use io::Read;
-    let f = fs::File::open(path).map_err(|e| e.to_string())?;
-    let limit = tracer_api::hook::MAX_MESSAGE_BYTES as u64;
-    let mut buf = Vec::new();
-    f.take(limit + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    if buf.len() as u64 > limit {
-        return Err(format!("larger than {limit} bytes"));
-    }
-    Ok(buf)
 }

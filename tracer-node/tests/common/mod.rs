@@ -59,6 +59,14 @@ pub fn stop_event(id: &str) -> RegistryEvent {
     RegistryEvent::Stopped(ContainerStopped { version: MESSAGE_VERSION, id: id.into(), stopped_unix_ns: 2 })
 }
 
+/// A temp directory of mode 0700, as the daemon requires of its spool and state directories.
+pub fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod 0700");
+    dir
+}
+
 pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..250 {
         if f() {
