@@ -61,7 +61,9 @@ pub enum ContainerKind {
 }
 
 /// A newly created container, as the hook saw it in the runtime's state and annotations.
+/// Unknown fields are refused: a field this daemon does not know is a message it does not speak.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerCreated {
     /// Message format version, [`MESSAGE_VERSION`].
     pub version: u32,
@@ -97,6 +99,7 @@ pub struct ContainerCreated {
 
 /// A container that stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContainerStopped {
     /// Message format version, [`MESSAGE_VERSION`].
     pub version: u32,
@@ -118,6 +121,7 @@ pub struct HookReply {
 
 /// A spool file: an event the hook could not deliver, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpooledEvent {
     /// Why delivery failed (daemon down, timed out, ...), logged again at replay.
     pub reason: String,
@@ -156,6 +160,17 @@ mod tests {
         let text = serde_json::to_string(&stop).expect("ser");
         assert_eq!(serde_json::from_str::<RegistryEvent>(&text).expect("de"), stop);
         assert_eq!(stop.container_id(), "c1");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_in_every_event() {
+        let mut v = serde_json::to_value(RegistryEvent::Created(created())).expect("ser");
+        serde_json::from_value::<RegistryEvent>(v.clone()).expect("the plain event parses");
+        v["pid_namespace_is_host"] = true.into();
+        let err = serde_json::from_value::<RegistryEvent>(v).expect_err("unknown field in created");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let stop = r#"{"event":"stopped","version":1,"id":"c1","stopped_unix_ns":2,"force":true}"#;
+        assert!(serde_json::from_str::<RegistryEvent>(stop).is_err(), "unknown field in stopped");
     }
 
     #[test]

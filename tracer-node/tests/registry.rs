@@ -11,11 +11,18 @@ use tracer_node::registry::{socket, spool, store::Store, Applied, RegistryError}
 #[tokio::test]
 async fn registration_is_idempotent_and_stop_removes() {
     let reg = registry(None);
-    let init = Proc::spawn();
+    let mut init = Proc::spawn();
     assert_eq!(reg.apply(create_event("c1", init.pid(), "p", "ns", "c")).expect("register"), Applied::Registered);
     assert_eq!(reg.apply(create_event("c1", init.pid(), "p", "ns", "c")).expect("again"), Applied::AlreadyRegistered);
     assert_eq!(reg.len(), 1);
-    assert_eq!(reg.apply(stop_event("c1")).expect("stop"), Applied::Unregistered);
+    // Runtimes send poststop once the init is gone: a stop while it runs is forged or stale.
+    let r = reg.apply(stop_event("c1"));
+    assert!(matches!(r, Err(RegistryError::StillRunning { .. })), "{r:?}");
+    assert!(reg.contains("c1"), "a refused stop removes nothing");
+    init.kill();
+    // The exit watcher may remove it first; either way the stop leaves it gone.
+    let r = reg.apply(stop_event("c1")).expect("stop");
+    assert!(matches!(r, Applied::Unregistered | Applied::NotRegistered), "{r:?}");
     assert_eq!(reg.apply(stop_event("c1")).expect("stop again"), Applied::NotRegistered);
     assert!(reg.is_empty());
 }

@@ -78,6 +78,26 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    /// The pid is not a container's init: pid 1 of the host, the daemon itself, or a process
+    /// in the host's pid namespace that is not in a cgroup of that container.
+    #[error("container {id}: pid {pid} is not a container's init: {reason}")]
+    NotAContainer {
+        /// Container id.
+        id: String,
+        /// The pid.
+        pid: u32,
+        /// What the kernel showed.
+        reason: &'static str,
+    },
+    /// A stop for a container whose init still runs (runtimes send poststop only once the
+    /// container is gone): refused, or a forged stop could hide a live container.
+    #[error("container {id}: its init (pid {pid}) still runs; a stop is sent only after it exits")]
+    StillRunning {
+        /// Container id.
+        id: String,
+        /// The init pid.
+        pid: u32,
+    },
     /// pidfd_open failed for another reason than a dead process.
     #[error("container {id}: cannot watch pid {pid} for exit: {source}")]
     Pidfd {
@@ -98,6 +118,18 @@ pub trait RegistryObserver: Send + Sync {
     fn registered(&self, entry: &Entry);
     /// A container was removed.
     fn unregistered(&self, id: &str);
+}
+
+/// How much of a registration is checked against the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// The init must be in a pid namespace of its own, or (a `hostPID` pod) in a cgroup named
+    /// after its container id. What the daemon always uses.
+    #[default]
+    Required,
+    /// Any live process but pid 1 and the daemon may be registered: for tests of the registry's
+    /// logic with plain child processes standing in for container inits.
+    NotChecked,
 }
 
 /// What applying an event did.
@@ -135,6 +167,7 @@ pub struct Registry {
     store: Option<Store>,
     generation: AtomicU64,
     exits: Arc<ExitWatcher>,
+    isolation: Isolation,
     observer: std::sync::OnceLock<Weak<dyn RegistryObserver>>,
     /// Counters of hook deliveries and spool replays, for `/metrics`.
     pub counters: crate::metrics::RegistryCounters,
@@ -159,6 +192,15 @@ impl Registry {
     /// Fails when the exit watcher cannot start: without it a kill -9 of an init would leave
     /// its container listed forever.
     pub fn new(procfs: Procfs, store: Option<Store>) -> Result<Arc<Self>, RegistryError> {
+        Self::with_isolation(procfs, store, Isolation::Required)
+    }
+
+    /// [`Registry::new`] with the given isolation checks.
+    pub fn with_isolation(
+        procfs: Procfs,
+        store: Option<Store>,
+        isolation: Isolation,
+    ) -> Result<Arc<Self>, RegistryError> {
         let exits = ExitWatcher::new().map_err(|source| RegistryError::ExitWatcher { source })?;
         let registry = Arc::new(Self {
             containers: Mutex::new(HashMap::new()),
@@ -166,6 +208,7 @@ impl Registry {
             store,
             generation: AtomicU64::new(1),
             exits: exits.clone(),
+            isolation,
             observer: std::sync::OnceLock::new(),
             counters: crate::metrics::RegistryCounters::default(),
         });
@@ -229,6 +272,7 @@ impl Registry {
                 if stop.version != MESSAGE_VERSION {
                     return Err(RegistryError::Version(stop.version));
                 }
+                self.refuse_stop_of_a_live_init(&stop.id)?;
                 Ok(self.remove(&stop.id, None, "poststop"))
             }
         }
@@ -257,6 +301,41 @@ impl Registry {
         Ok(())
     }
 
+    /// Refuses a stop of `id` while its registered init still runs.
+    fn refuse_stop_of_a_live_init(&self, id: &str) -> Result<(), RegistryError> {
+        let Some((pid, start_time)) = self.lock().get(id).map(|e| (e.record.pid, e.start_time)) else { return Ok(()) };
+        match self.procfs.stat(pid) {
+            Ok(st) if st.start_time == start_time && st.state != 'Z' && st.state != 'X' => {
+                Err(RegistryError::StillRunning { id: id.to_owned(), pid })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that `pid` can be a container's init (see [`Isolation`]); the pidfd is open, so
+    /// the pid cannot be reused meanwhile.
+    fn check_isolation(&self, id: &str, pid: u32) -> Result<(), RegistryError> {
+        let refuse = |reason| Err(RegistryError::NotAContainer { id: id.to_owned(), pid, reason });
+        if pid == 1 {
+            return refuse("pid 1 is the host's init");
+        }
+        if pid == std::process::id() {
+            return refuse("it is tracer-node itself");
+        }
+        if self.isolation == Isolation::NotChecked {
+            return Ok(());
+        }
+        let (theirs, ours) = (self.procfs.pid_namespace(pid), self.procfs.own_pid_namespace());
+        match (theirs, ours) {
+            (Some(t), Some(o)) if t != o => Ok(()),
+            (Some(_), Some(_)) if self.procfs.container_cgroup(pid, id).is_some() => Ok(()),
+            (Some(_), Some(_)) => {
+                refuse("it is in the host's pid namespace and in no cgroup named after the container")
+            }
+            _ => refuse("its pid namespace cannot be read"),
+        }
+    }
+
     fn register(&self, mut rec: ContainerCreated, persist: bool) -> Result<Applied, RegistryError> {
         Self::validate(&rec)?;
         let (id, pid) = (rec.id.clone(), rec.pid);
@@ -276,6 +355,7 @@ impl Registry {
         if stat.state == 'Z' || stat.state == 'X' {
             return Err(gone());
         }
+        self.check_isolation(&id, pid)?;
         match rec.pid_start_time {
             Some(expected) if expected != stat.start_time => {
                 return Err(RegistryError::PidReused { id, pid, expected, found: stat.start_time })

@@ -59,6 +59,16 @@ impl Procfs {
         parse_stat(&text).ok_or_else(|| ProcError::Read { path, source: io::Error::other("unparsable stat") })
     }
 
+    /// The pid namespace of `pid` (`pid:[4026531836]`), or `None` when it cannot be read.
+    pub fn pid_namespace(&self, pid: u32) -> Option<PathBuf> {
+        fs::read_link(self.proc_root.join(pid.to_string()).join("ns/pid")).ok()
+    }
+
+    /// The pid namespace of this daemon, which must be the host's.
+    pub fn own_pid_namespace(&self) -> Option<PathBuf> {
+        fs::read_link(self.proc_root.join("self/ns/pid")).ok()
+    }
+
     /// The container's own cgroup directory, or `None` when it has none we can recognise.
     ///
     /// Runtimes name a container's cgroup after its id (runc `/<id>`, containerd

@@ -6,7 +6,7 @@
 use std::{process::Child, sync::Arc, time::Duration};
 
 use tracer_api::{hook::MESSAGE_VERSION, ContainerCreated, ContainerKind, ContainerStopped, RegistryEvent};
-use tracer_node::registry::{procfs::Procfs, store::Store, Registry};
+use tracer_node::registry::{procfs::Procfs, store::Store, Isolation, Registry};
 
 /// A `sleep` child, killed and reaped on drop.
 pub struct Proc(pub Child);
@@ -30,8 +30,11 @@ impl Drop for Proc {
     }
 }
 
+/// A registry that takes plain child processes as container inits (they share our pid
+/// namespace and have no container cgroup); every other check is the daemon's.
 pub fn registry(store: Option<Store>) -> Arc<Registry> {
-    Registry::new(Procfs::new("/proc", "/sys"), store).expect("registry with its exit watcher")
+    Registry::with_isolation(Procfs::new("/proc", "/sys"), store, Isolation::NotChecked)
+        .expect("registry with its exit watcher")
 }
 
 pub fn created(id: &str, pid: u32, pod: &str, namespace: &str, name: &str) -> ContainerCreated {
