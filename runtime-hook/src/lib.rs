@@ -58,7 +58,7 @@ pub fn run_with_proc(cli: &Cli, stdin: File, start: Instant, proc_root: &Path) -
     let st = state::parse_state(&bytes)?;
     let action = stage_action.unwrap_or_else(|| state::action_for_status(st.status()));
     let now = now_unix_ns();
-    let Some(event) = state::build_event(&st, action, now, proc_root)? else {
+    let Some(event) = state::build_event(&st, action, now, proc_root, deadline)? else {
         return Ok(Outcome::Ignored);
     };
     match notify::deliver(&cli.socket, &event, deadline, cli.deadline_ms) {

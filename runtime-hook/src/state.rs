@@ -130,7 +130,8 @@ const SANDBOX_NAME: &str = "POD";
 /// Works out the names. Kubernetes annotations win (containerd's, then CRI-O's); without them the
 /// container is its own pod: pod = the OCI `hostname` of the bundle's config.json (else the id),
 /// container name = the container id, namespace empty.
-pub fn names(id: &str, annotations: &BTreeMap<String, String>, bundle: &Path) -> Names {
+/// The bundle is read only within `deadline`.
+pub fn names(id: &str, annotations: &BTreeMap<String, String>, bundle: &Path, deadline: Instant) -> Names {
     let get = |k: &str| annotations.get(k).filter(|v| !v.is_empty()).cloned();
     for keys in [
         (cri::POD, cri::NAMESPACE, cri::CONTAINER, cri::TYPE),
@@ -149,18 +150,43 @@ pub fn names(id: &str, annotations: &BTreeMap<String, String>, bundle: &Path) ->
             return Names { pod, namespace: get(ns_k).unwrap_or_default(), name, kind };
         }
     }
-    let pod = bundle_hostname(bundle).unwrap_or_else(|| id.to_owned());
+    let pod = bundle_hostname(bundle, deadline).unwrap_or_else(|| id.to_owned());
     Names { pod, namespace: String::new(), name: id.to_owned(), kind: ContainerKind::Container }
 }
 
-/// The `hostname` of the bundle's config.json, read only when there are no Kubernetes names.
-fn bundle_hostname(bundle: &Path) -> Option<String> {
+/// Largest config.json read for its hostname.
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The `hostname` of the bundle's config.json, read only when there are no Kubernetes names,
+/// and only within `deadline`: the file is opened without blocking (a FIFO there used to hold
+/// the hook for minutes), must be a regular file, and is read on a helper thread that the hook
+/// stops waiting for at the deadline (a hung filesystem cannot stall the container either).
+fn bundle_hostname(bundle: &Path, deadline: Instant) -> Option<String> {
+    let left = deadline.checked_duration_since(Instant::now())?;
+    let path = bundle.join("config.json");
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("read-config".into())
+        .spawn(move || {
+            let _ = tx.send(read_hostname(&path));
+        })
+        .ok()?;
+    rx.recv_timeout(left).ok().flatten()
+}
+
+fn read_hostname(path: &Path) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Spec {
         hostname: Option<String>,
     }
-    let file = fs::File::open(bundle.join("config.json")).ok()?;
-    let spec: Spec = serde_json::from_reader(std::io::BufReader::new(file.take(16 * 1024 * 1024))).ok()?;
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let file = fs::File::from(rustix::fs::open(path, flags, Mode::empty()).ok()?);
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
+        return None;
+    }
+    let spec: Spec = serde_json::from_reader(std::io::BufReader::new(file.take(MAX_CONFIG_BYTES))).ok()?;
     spec.hostname.filter(|h| !h.is_empty())
 }
 
@@ -180,11 +206,13 @@ fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
 }
 
 /// Builds the registry event for `action` from a parsed state.
+/// Files are read only within `deadline`.
 pub fn build_event(
     state: &State,
     action: Action,
     now_unix_ns: u64,
     proc_root: &Path,
+    deadline: Instant,
 ) -> Result<Option<RegistryEvent>, HookError> {
     let id = state.id().clone();
     match action {
@@ -202,7 +230,7 @@ pub fn build_event(
                 .as_ref()
                 .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default();
-            let names = names(&id, &annotations, state.bundle());
+            let names = names(&id, &annotations, state.bundle(), deadline);
             Ok(Some(RegistryEvent::Created(ContainerCreated {
                 version: MESSAGE_VERSION,
                 pid,
@@ -225,6 +253,28 @@ pub fn build_event(
 mod tests {
     use super::*;
 
+    fn soon() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(5)
+    }
+
+    #[test]
+    fn a_fifo_or_a_hang_in_the_bundle_costs_no_more_than_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("config.json");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RWXU, 0)
+            .expect("mkfifo");
+        let started = Instant::now();
+        let n = names("c1", &BTreeMap::new(), dir.path(), started + std::time::Duration::from_millis(100));
+        assert_eq!(n.pod, "c1", "the id is the fallback");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "took {:?}", started.elapsed());
+        // A writer keeps the FIFO open without writing: a reader that opened it would wait forever.
+        let _writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).expect("open fifo");
+        let started = Instant::now();
+        let n = names("c2", &BTreeMap::new(), dir.path(), started + std::time::Duration::from_millis(100));
+        assert_eq!(n.pod, "c2");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "took {:?}", started.elapsed());
+    }
+
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
@@ -233,7 +283,7 @@ mod tests {
     fn containerd_annotations_name_the_container() {
         let a =
             ann(&[(cri::POD, "web-1"), (cri::NAMESPACE, "shop"), (cri::CONTAINER, "nginx"), (cri::TYPE, "container")]);
-        let n = names("abc", &a, Path::new("/nonexistent"));
+        let n = names("abc", &a, Path::new("/nonexistent"), soon());
         assert_eq!(
             n,
             Names {
@@ -248,7 +298,7 @@ mod tests {
     #[test]
     fn crio_sandbox_is_recorded_as_sandbox() {
         let a = ann(&[(crio::POD, "web-1"), (crio::NAMESPACE, "shop"), (crio::TYPE, "sandbox")]);
-        let n = names("abc", &a, Path::new("/nonexistent"));
+        let n = names("abc", &a, Path::new("/nonexistent"), soon());
         assert_eq!(n.kind, ContainerKind::Sandbox);
         assert_eq!(n.name, "POD");
     }
@@ -257,9 +307,9 @@ mod tests {
     fn plain_container_falls_back_to_hostname_then_id() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("config.json"), r#"{"hostname":"box","process":{}}"#).expect("write");
-        let n = names("c1", &BTreeMap::new(), dir.path());
+        let n = names("c1", &BTreeMap::new(), dir.path(), soon());
         assert_eq!((n.pod.as_str(), n.name.as_str(), n.namespace.as_str()), ("box", "c1", ""));
-        let n = names("c1", &BTreeMap::new(), Path::new("/nonexistent"));
+        let n = names("c1", &BTreeMap::new(), Path::new("/nonexistent"), soon());
         assert_eq!(n.pod, "c1");
     }
 
@@ -280,7 +330,7 @@ mod tests {
         let crun = br#"{"ociVersion":"1.0","id":"x1","status":"stopped","pid":0,"root":"/run/crun","bundle":"/tmp/b"}"#;
         let s = parse_state(crun).expect("crun state");
         assert_eq!(action_for_status(s.status()), Action::Unregister);
-        let ev = build_event(&s, Action::Register, 1, Path::new("/proc"));
+        let ev = build_event(&s, Action::Register, 1, Path::new("/proc"), soon());
         assert!(matches!(ev, Err(HookError::InvalidState(_))), "pid 0 cannot register");
         assert!(matches!(parse_state(b"{}"), Err(HookError::InvalidState(_))));
         assert!(matches!(parse_state(b"not json"), Err(HookError::ParseState(_))));

@@ -103,3 +103,33 @@ async fn metrics_are_prometheus_text_with_the_registry_counts() {
     assert!(text.contains("\ncontainer_tracer_sessions_running 0\n"), "{text}");
     assert!(text.contains("\ncontainer_tracer_export_enabled 0\n"), "{text}");
 }
+
+async fn send(app: &AppState, method: &str, path: &str) -> (u16, Option<String>, Value) {
+    let req = Request::builder().method(method).uri(path).body(Body::empty()).expect("request");
+    let resp = router(app.clone()).oneshot(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, ctype, body)
+}
+
+#[tokio::test]
+async fn every_error_is_the_contracts_json_including_wrong_methods_and_long_uris() {
+    let app = state(registry(None));
+    let long = format!("/v1/trace-session/{}", "1".repeat(9000));
+    for (method, path, want) in [
+        ("GET", "/v1/trace-session", 405),
+        ("DELETE", "/v1/pods", 405),
+        ("PATCH", "/v1/trace-session/1", 405),
+        ("GET", "/v1/trace-session/%FF", 400),
+        ("GET", long.as_str(), 414),
+        ("GET", "/nope", 404),
+    ] {
+        let (status, ctype, body) = send(&app, method, path).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+        assert_eq!(ctype.as_deref(), Some("application/json"), "{method} {path}");
+        assert!(body["Error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {body}");
+    }
+}

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The body is too large.
     #[error("{0}")]
     TooLarge(String),
+    /// The request URI is too long.
+    #[error("request URI longer than {0} bytes")]
+    UriTooLong(usize),
     /// A fault of ours: logged with details, answered without them.
     #[error("internal error: {0}")]
     Internal(String),
@@ -35,6 +38,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            e @ ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, e.to_string()),
             ApiError::Internal(detail) => {
                 error!(%detail, "internal error answering a request");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error, see the tracer-node log".to_owned())
@@ -42,4 +46,49 @@ impl IntoResponse for ApiError {
         };
         (status, Json(ErrorBody { error: message })).into_response()
     }
+}
+
+/// Longest request URI served; longer ones get a 414 in the contract's shape.
+pub const MAX_URI: usize = 8 * 1024;
+
+/// Middleware: refuses over-long URIs, and turns every error response that is not JSON yet
+/// (axum's 405 for a wrong method, extractor rejections) into the contract's `{"Error": ...}`,
+/// so a client never has to parse anything else.
+pub async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI {
+        return ApiError::UriTooLong(MAX_URI).into_response();
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Rejection texts are short; anything longer is not a message worth echoing.
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_owned(),
+        _ => String::new(),
+    };
+    let message = if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                let allowed = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+                format!("method not allowed here (allowed: {allowed})")
+            }
+            s => s.canonical_reason().unwrap_or("error").to_lowercase(),
+        }
+    } else {
+        text
+    };
+    let mut out = (status, Json(ErrorBody { error: message })).into_response();
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    out
 }

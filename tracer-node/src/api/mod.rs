@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(sessions::MAX_BODY))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }
 
