@@ -79,8 +79,10 @@ pub fn unique(prefix: &str) -> String {
 pub fn rootfs() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
-        // Not under a symlinked path: runc refuses a rootfs reached through one.
-        let dir = fs::canonicalize(std::env::temp_dir()).expect("temp dir").join("ct-e2e-rootfs");
+        // In the build's target directory, not /tmp (tests leave nothing there), and not under a
+        // symlinked path: runc refuses a rootfs reached through one.
+        let target = bin_dir().parent().map(Path::to_path_buf).expect("target directory");
+        let dir = fs::canonicalize(target).expect("target dir").join("ct-e2e-rootfs");
         if dir.join("bin/busybox").is_file() {
             return dir;
         }
@@ -454,12 +456,19 @@ pub struct Runtime {
     pub bin: &'static str,
     root: tempfile::TempDir,
     created: std::sync::Mutex<Vec<String>>,
+    /// Bundles of running containers, removed once the containers are deleted (on drop).
+    bundles: std::sync::Mutex<Vec<Bundle>>,
 }
 
 impl Runtime {
     /// A runtime with a fresh state root.
     pub fn new(bin: &'static str) -> Result<Self> {
-        Ok(Runtime { bin, root: tempfile::Builder::new().prefix("ct-rt-").tempdir()?, created: Default::default() })
+        Ok(Runtime {
+            bin,
+            root: tempfile::Builder::new().prefix("ct-rt-").tempdir()?,
+            created: Default::default(),
+            bundles: Default::default(),
+        })
     }
 
     /// Runs `<bin> --root <root> args...` (see [`run_captured`]).
@@ -513,6 +522,11 @@ impl Runtime {
     pub fn delete(&self, id: &str) -> Result<()> {
         self.ok(&["delete", "--force", id]).map(drop)
     }
+
+    /// Keeps `bundle` until this runtime is dropped (after its containers are deleted).
+    pub fn keep(&self, bundle: Bundle) {
+        self.bundles.lock().expect("lock").push(bundle);
+    }
 }
 
 impl Drop for Runtime {
@@ -523,7 +537,7 @@ impl Drop for Runtime {
     }
 }
 
-/// podman with its own storage, a containers.conf as `../shared/test-environment.md` describes,
+/// podman with its own storage, a containers.conf of its own (cgroupfs, file events, no netns),
 /// and the hooks.d files shipped in `deploy/hooks.d`, re-aimed at `node` and the built hook.
 pub struct Podman {
     dir: tempfile::TempDir,
@@ -878,7 +892,6 @@ pub fn looping_container(node: &Node, rt: &Runtime, pod: &str, script: &str) -> 
     rt.create(&id, &bundle).expect("create");
     rt.start(&id).expect("start");
     let pid = rt.pid(&id).expect("pid");
-    // The bundle directory may go once the container runs: runc keeps its own copy.
-    std::mem::forget(bundle);
+    rt.keep(bundle);
     (id, pid)
 }

@@ -383,7 +383,7 @@ fn tls_endpoints_are_verified_against_the_configured_ca() {
         let node =
             Node::start_with(&["--otlp-endpoint", &endpoint, "--otlp-protocol", proto, "--otlp-certificate", &ca])
                 .expect("node");
-        let (events, ..) = short_session(&node, &rt, Duration::from_secs(1));
+        let (events, _, _, _, cid) = short_session(&node, &rt, Duration::from_secs(1));
         assert!(
             wait_until(Duration::from_secs(20), || receiver.log_records().len() - before >= events.len()),
             "{proto} over TLS: {} of {} events\n{}",
@@ -392,6 +392,9 @@ fn tls_endpoints_are_verified_against_the_configured_ca() {
             node.log()
         );
         assert_eq!(receiver.log_records().len() - before, events.len(), "{proto}");
+        // While this node still runs: a poststop aimed at a node that is gone would spool into
+        // (and so re-create) its removed temp directory.
+        rt.delete(&cid).expect("delete container");
     }
     // Without the CA the server is not trusted: nothing is sent, the loss is counted, and a
     // certificate error is not retried for seconds.
@@ -401,7 +404,7 @@ fn tls_endpoints_are_verified_against_the_configured_ca() {
         let node =
             Node::start_with(&["--otlp-endpoint", &endpoint, "--otlp-protocol", proto, "--otlp-timeout", "1000"])
                 .expect("node");
-        let (events, _, sid, ..) = short_session(&node, &rt, Duration::from_secs(1));
+        let (events, _, sid, _, cid) = short_session(&node, &rt, Duration::from_secs(1));
         assert!(
             wait_until(Duration::from_secs(10), || stats(&node, &sid)["events_export_dropped"].as_u64()
                 == Some(events.len() as u64)),
@@ -411,6 +414,7 @@ fn tls_endpoints_are_verified_against_the_configured_ca() {
         );
         assert_eq!(receiver.log_records().len(), before, "nothing reached the untrusted server");
         assert!(node.log().contains("certificate"), "the log says why");
+        rt.delete(&cid).expect("delete container");
     }
 }
 

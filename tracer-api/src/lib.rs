@@ -1,5 +1,5 @@
 //! Wire types shared by every container-tracer binary: the v1 REST API shapes
-//! (`../shared/container-tracer-api.md`) and the message the runtime hook sends to tracer-node.
+//! (`docs/api.md`) and the message the runtime hook sends to tracer-node.
 //!
 //! Serde only, no runtime: the hook links this crate and must stay small and fast to exec.
 

@@ -1,4 +1,4 @@
-//! The v1 REST API of tracer-node (see `shared/container-tracer-api.md`) plus health endpoints.
+//! The v1 REST API of tracer-node (see `docs/api.md`) plus health endpoints.
 
 pub mod error;
 pub mod pods;

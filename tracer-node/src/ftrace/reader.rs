@@ -1,7 +1,7 @@
 //! Lossless reading of an instance: one thread per CPU reads whole pages from that CPU's
 //! `trace_pipe_raw` (binary, no formatting in the kernel) and hands them to a per-CPU consumer.
 //! The text `trace_pipe` loses about half the events at 1 M events/s on this kind of machine;
-//! raw pages keep up (see shared/test-environment.md).
+//! raw pages keep up (measured in the tracing benchmark, `scripts/bench.sh`).
 
 use std::{
     fs::OpenOptions,

@@ -403,10 +403,17 @@ impl SessionManager {
     /// Starts session `id`. Runs as a task of its own: a client that hangs up must not cancel
     /// a start halfway (instance made, no timer set).
     pub async fn start(self: &Arc<Self>, id: u64) -> Result<(), SessionError> {
-        let me = self.clone();
-        tokio::spawn(async move { me.start_inner(id).await })
-            .await
-            .map_err(|e| SessionError::Internal(format!("start task: {e}")))?
+        self.detached("start", move |m| async move { m.start_inner(id).await }).await
+    }
+
+    /// Runs a lifecycle operation as a task of its own and waits for it: dropping the caller's
+    /// future (a client that hung up) then cannot leave the operation half done.
+    async fn detached<F, Fut>(self: &Arc<Self>, what: &'static str, op: F) -> Result<(), SessionError>
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), SessionError>> + Send + 'static,
+    {
+        tokio::spawn(op(self.clone())).await.map_err(|e| SessionError::Internal(format!("{what} task: {e}")))?
     }
 
     async fn start_inner(&self, id: u64) -> Result<(), SessionError> {
@@ -484,10 +491,7 @@ impl SessionManager {
     /// Stops session `id` (a stopped one stays stopped). The session shows `Running: true`
     /// until its instance is gone, so a client that sees it stopped finds nothing left.
     pub async fn stop(self: &Arc<Self>, id: u64) -> Result<(), SessionError> {
-        let me = self.clone();
-        tokio::spawn(async move { me.stop_inner(id).await })
-            .await
-            .map_err(|e| SessionError::Internal(format!("stop task: {e}")))?
+        self.detached("stop", move |m| async move { m.stop_inner(id).await }).await
     }
 
     async fn stop_inner(&self, id: u64) -> Result<(), SessionError> {
@@ -564,10 +568,7 @@ impl SessionManager {
     /// Deletes session `id`, stopping it first. Marked deleted under its operation lock, so
     /// a start waiting behind this delete fails with 404 instead of starting a lost run.
     pub async fn delete(self: &Arc<Self>, id: u64) -> Result<(), SessionError> {
-        let me = self.clone();
-        tokio::spawn(async move { me.delete_inner(id).await })
-            .await
-            .map_err(|e| SessionError::Internal(format!("delete task: {e}")))?
+        self.detached("delete", move |m| async move { m.delete_inner(id).await }).await
     }
 
     async fn delete_inner(&self, id: u64) -> Result<(), SessionError> {

@@ -70,6 +70,17 @@ pub fn private_dir() -> tempfile::TempDir {
     dir
 }
 
+/// Whether the test runs as root; outside CI a test that needs it is skipped with a message,
+/// under CI it fails.
+pub fn require_root(why: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI is set, so this test may not skip: it needs root {why}");
+    eprintln!("SKIPPED: needs root {why}");
+    false
+}
+
 pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..250 {
         if f() {
