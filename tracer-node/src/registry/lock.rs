@@ -8,7 +8,7 @@
 
 use std::{
     io,
-    os::fd::OwnedFd,
+    os::{fd::OwnedFd, unix::fs::DirBuilderExt},
     path::{Path, PathBuf},
 };
 
@@ -51,9 +51,7 @@ impl DirLock {
         let mut fds = Vec::new();
         for dir in dirs {
             let io_err = |source: io::Error| LockError::Io { path: dir.to_path_buf(), source };
-            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-                .create(dir)
-                .map_err(io_err)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err)?;
             let canonical = std::fs::canonicalize(dir).map_err(io_err)?;
             if seen.contains(&canonical) {
                 continue;

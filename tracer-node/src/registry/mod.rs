@@ -168,6 +168,8 @@ pub struct Registry {
     generation: AtomicU64,
     exits: Arc<ExitWatcher>,
     isolation: Isolation,
+    /// The daemon's (the host's) pid namespace, read once at start.
+    own_pid_namespace: Option<PathBuf>,
     observer: std::sync::OnceLock<Weak<dyn RegistryObserver>>,
     /// Counters of hook deliveries and spool replays, for `/metrics`.
     pub counters: crate::metrics::RegistryCounters,
@@ -202,6 +204,7 @@ impl Registry {
         isolation: Isolation,
     ) -> Result<Arc<Self>, RegistryError> {
         let exits = ExitWatcher::new().map_err(|source| RegistryError::ExitWatcher { source })?;
+        let own_pid_namespace = procfs.own_pid_namespace();
         let registry = Arc::new(Self {
             containers: Mutex::new(HashMap::new()),
             procfs,
@@ -209,6 +212,7 @@ impl Registry {
             generation: AtomicU64::new(1),
             exits: exits.clone(),
             isolation,
+            own_pid_namespace,
             observer: std::sync::OnceLock::new(),
             counters: crate::metrics::RegistryCounters::default(),
         });
@@ -325,9 +329,8 @@ impl Registry {
         if self.isolation == Isolation::NotChecked {
             return Ok(());
         }
-        let (theirs, ours) = (self.procfs.pid_namespace(pid), self.procfs.own_pid_namespace());
-        match (theirs, ours) {
-            (Some(t), Some(o)) if t != o => Ok(()),
+        match (self.procfs.pid_namespace(pid), &self.own_pid_namespace) {
+            (Some(t), Some(o)) if &t != o => Ok(()),
             (Some(_), Some(_)) if self.procfs.container_cgroup(pid, id).is_some() => Ok(()),
             (Some(_), Some(_)) => {
                 refuse("it is in the host's pid namespace and in no cgroup named after the container")

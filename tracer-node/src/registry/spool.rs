@@ -94,11 +94,6 @@ impl Spool {
         &self.dir
     }
 
-    fn count(&self, registry: &Registry, done: &mut Replayed) {
-        done.unreadable += 1;
-        registry.counters.spool_unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Applies and deletes every spooled event, oldest first. Blocking file I/O: run it on a
     /// blocking thread.
     pub fn replay(&self, registry: &Registry) -> Result<Replayed, SpoolError> {
@@ -118,7 +113,7 @@ impl Spool {
                 // Not the hook's: its names are digits, a pid and a kind.
                 warn!(file = ?raw, "removing a spool entry whose name is not plain text");
                 files::remove_entry(&path);
-                self.count(registry, &mut done);
+                count_unreadable(registry, &mut done);
                 continue;
             };
             // Dot files are the hook's temp files, still being written; others are not events.
@@ -141,7 +136,7 @@ impl Spool {
                 }
                 Err(e) => {
                     warn!(file = %name, error = %e, "discarding unreadable spool file");
-                    self.count(registry, &mut done);
+                    count_unreadable(registry, &mut done);
                 }
                 Ok(spooled) => {
                     let id = spooled.event.container_id().to_owned();
@@ -226,6 +221,11 @@ pub fn watch(spool: Arc<Spool>, registry: Arc<Registry>) -> Result<tokio::task::
             };
         }
     }))
+}
+
+fn count_unreadable(registry: &Registry, done: &mut Replayed) {
+    done.unreadable += 1;
+    registry.counters.spool_unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn next_backoff(current: Option<Duration>) -> Duration {
