@@ -2,6 +2,7 @@
 //! how it stops, what is left behind, and how bad requests are answered.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -461,4 +462,87 @@ esac
     node.call("DELETE", "/v1/trace-session/all", None).expect("delete all");
     assert!(std::fs::read_to_string(&record).expect("record").contains("cleared"), "DELETE all resets providers");
     rt.delete(&cid).expect("delete");
+}
+
+/// With several containers in one session, a process that exited before its events were read
+/// can no longer be tied to its container through procfs; the session follows the kernel's
+/// fork events instead. Every event of a fork-heavy container, beside quieter ones, carries its
+/// own container, in a session whose hook asks for fork events and in one whose does not.
+#[test]
+fn every_event_of_a_multi_container_session_is_attributed_to_its_own_container() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let prefix = unique("attr");
+    let (busy, quiet) = (format!("{prefix}-busy"), format!("{prefix}-quiet"));
+    let (busy_id, busy_init) = looping_container(&node, &rt, &busy, "while :; do cat /dev/null; done");
+    let (quiet_id, quiet_init) =
+        looping_container(&node, &rt, &quiet, "while :; do ls /dev/null >/dev/null; sleep 0.02; done");
+    let pattern = format!("{prefix}-*");
+    let exec = node
+        .create_session(&json!({"pod": pattern, "container": "*", "trace-hook": "trace_exec"}))
+        .expect("exec session");
+    let opens = node
+        .create_session(&json!({"pod": pattern, "container": "*", "trace-hook": "trace_syscalls",
+                                "trace-arguments": "-s openat"}))
+        .expect("syscall session");
+    for sid in [&exec, &opens] {
+        node.run_session(sid, true).expect("start");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for sid in [&exec, &opens] {
+        node.run_session(sid, false).expect("stop");
+    }
+    // The truth, from the kernel's own fork and exit events of the exec session: each child
+    // forked by a container's init, and the time it lived, belongs to that container (the
+    // test does not trust commands: those of exited processes come from the kernel's small
+    // saved_cmdlines table, and thread ids are reused once the pid space wraps).
+    let exec_events = node.events(&exec).expect("exec events");
+    let mut exits: HashMap<i64, Vec<u64>> = HashMap::new();
+    for e in exec_events.iter().filter(|e| e["event"] == "sched_process_exit") {
+        if let (Some(pid), Some(ts)) = (e["pid"].as_i64(), e["timestamp"].as_u64()) {
+            exits.entry(pid).or_default().push(ts);
+        }
+    }
+    let mut lives: HashMap<i64, Vec<(u64, u64, &str)>> = HashMap::new();
+    for e in exec_events.iter().filter(|e| e["event"] == "sched_process_fork") {
+        let pod = match e["fields"]["parent_pid"].as_i64() {
+            Some(p) if p == i64::from(busy_init) => busy.as_str(),
+            Some(p) if p == i64::from(quiet_init) => quiet.as_str(),
+            _ => continue,
+        };
+        let (Some(child), Some(start)) = (e["fields"]["child_pid"].as_i64(), e["timestamp"].as_u64()) else {
+            continue;
+        };
+        let end = exits.get(&child).and_then(|t| t.iter().copied().filter(|t| *t >= start).min()).unwrap_or(u64::MAX);
+        lives.entry(child).or_default().push((start, end, pod));
+    }
+    assert!(lives.len() > 100, "only {} children of the inits forked", lives.len());
+    let owner = |e: &Value| {
+        let (pid, ts) = (e["pid"].as_i64()?, e["timestamp"].as_u64()?);
+        lives.get(&pid)?.iter().find(|(start, end, _)| *start <= ts && ts <= *end).map(|l| l.2)
+    };
+    for (sid, what) in [(&exec, "exec"), (&opens, "openat")] {
+        let events = node.events(sid).expect("events");
+        let unattributed: Vec<&Value> = events.iter().filter(|e| e["container"] == "").collect();
+        assert!(
+            unattributed.is_empty(),
+            "{what}: {} of {} events without a container, e.g. {:?}",
+            unattributed.len(),
+            events.len(),
+            &unattributed[..unattributed.len().min(3)]
+        );
+        let mut checked = 0;
+        for e in &events {
+            if let Some(pod) = owner(e) {
+                assert_eq!(e["pod"], pod, "{what}: an event attributed to the wrong container: {e}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{what}: only {checked} events of the inits' children");
+    }
+    rt.delete(&busy_id).expect("delete");
+    rt.delete(&quiet_id).expect("delete");
 }

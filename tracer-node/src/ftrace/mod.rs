@@ -1,6 +1,7 @@
 //! Kernel tracing. All tracefs access goes through [`Tracefs`], which holds the tracefs root so
 //! unit tests can aim it at a temp dir while integration tests use the real kernel.
 
+pub mod barrier;
 pub mod format;
 pub mod instance;
 pub mod reader;

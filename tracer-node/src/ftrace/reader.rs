@@ -17,7 +17,10 @@ use std::{
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use tracing::{debug, warn};
 
-use super::{Instance, TracefsError};
+use super::{
+    barrier::{Barrier, Progress},
+    Instance, TracefsError,
+};
 
 /// How long a reader sleeps in poll before reading anyway: a CPU whose buffer fills slowly
 /// (below the instance's `buffer_percent`) still delivers its events within this time.
@@ -30,34 +33,45 @@ pub type PageConsumer = Box<dyn FnMut(Vec<u8>) + Send>;
 #[derive(Debug)]
 pub struct Readers {
     stop: Arc<AtomicBool>,
+    barrier: Arc<Barrier>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Readers {
     /// Opens every CPU's `trace_pipe_raw` of `instance` and starts a thread for each, feeding
-    /// `make(cpu)`'s consumer with pages of `page_size` bytes.
+    /// `make(cpu, progress)`'s consumer with pages of `page_size` bytes; `progress` lets the
+    /// consumer wait for the other CPUs' readers (see [`Progress`]).
     pub fn start(
         instance: &Instance,
         page_size: usize,
-        mut make: impl FnMut(usize) -> PageConsumer,
+        mut make: impl FnMut(usize, Progress) -> PageConsumer,
     ) -> Result<Self, TracefsError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let cpus = instance.cpus()?;
+        let barrier = Barrier::new(cpus.len()).map_err(|source| TracefsError::Io {
+            op: "create the reader eventfds of",
+            path: instance.dir().to_owned(),
+            source,
+        })?;
         let mut threads = Vec::new();
-        for cpu in instance.cpus()? {
+        for (me, cpu) in cpus.into_iter().enumerate() {
             let path = instance.pipe_raw(cpu);
             let file = OpenOptions::new()
                 .read(true)
                 .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
                 .open(&path)
                 .map_err(|source| TracefsError::Io { op: "open", path: path.clone(), source })?;
-            let mut consume = make(cpu);
+            let mut consume = make(cpu, Progress::new(barrier.clone(), me));
             let flag = stop.clone();
+            let shared = barrier.clone();
             let spawned = std::thread::Builder::new().name(format!("ftrace-cpu{cpu}")).spawn(move || {
                 let mut file = file;
                 loop {
                     // Read the flag before draining: after it is set, one last drain takes what
-                    // the kernel recorded before tracing was turned off.
+                    // the kernel recorded before tracing was turned off. The same for requests
+                    // of other readers: a drain that starts after one answers it.
                     let stopping = flag.load(Ordering::Acquire);
+                    let epoch = shared.requests();
                     loop {
                         let mut page = vec![0u8; page_size];
                         match file.read(&mut page) {
@@ -70,34 +84,46 @@ impl Readers {
                             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                             Err(e) => {
                                 warn!(cpu, error = %e, "trace_pipe_raw read failed; reader stops");
+                                // Waiting readers must not wait for this one any more.
+                                shared.drained(me, u64::MAX);
                                 return;
                             }
                         }
                     }
+                    shared.drained(me, epoch);
                     if stopping {
                         debug!(cpu, "reader drained and stopped");
+                        shared.drained(me, u64::MAX);
                         return;
                     }
-                    let mut fds = [PollFd::new(&file, PollFlags::IN)];
+                    let waker = shared.waker(me);
+                    let mut fds = [PollFd::new(&file, PollFlags::IN), PollFd::new(&waker, PollFlags::IN)];
                     let _ = poll(&mut fds, Some(&POLL_INTERVAL));
+                    let woken = !fds[1].revents().is_empty();
+                    drop(waker);
+                    if woken {
+                        shared.clear(me);
+                    }
                 }
             });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(source) => {
-                    let readers = Readers { stop, threads };
+                    barrier.drained(me, u64::MAX);
+                    let readers = Readers { stop, barrier, threads };
                     readers.stop_and_join();
                     return Err(TracefsError::Io { op: "spawn reader for", path, source });
                 }
             }
         }
-        Ok(Readers { stop, threads })
+        Ok(Readers { stop, barrier, threads })
     }
 
-    /// Asks every reader to drain what is left and stop, and waits for them (at most one poll
-    /// interval plus the drain). Call after recording is turned off.
+    /// Asks every reader to drain what is left and stop, and waits for them (the drain, not a
+    /// poll interval: they are woken). Call after recording is turned off.
     pub fn stop_and_join(self) {
         self.stop.store(true, Ordering::Release);
+        self.barrier.wake_all(None);
         for t in self.threads {
             let _ = t.join();
         }

@@ -59,6 +59,19 @@ impl Procfs {
         parse_stat(&text).ok_or_else(|| ProcError::Read { path, source: io::Error::other("unparsable stat") })
     }
 
+    /// One step up from thread `tid`: its process's leader when it is another thread, else its
+    /// process's parent. `None` when the thread is gone.
+    pub fn leader_or_parent(&self, tid: u32) -> Option<u32> {
+        let status = fs::read_to_string(self.proc_root.join(tid.to_string()).join("status")).ok()?;
+        let field = |key: &str| -> Option<u32> {
+            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok())
+        };
+        match field("Tgid:")? {
+            leader if leader != tid => Some(leader),
+            _ => field("PPid:"),
+        }
+    }
+
     /// The pid namespace of `pid` (`pid:[4026531836]`), or `None` when it cannot be read.
     pub fn pid_namespace(&self, pid: u32) -> Option<PathBuf> {
         fs::read_link(self.proc_root.join(pid.to_string()).join("ns/pid")).ok()

@@ -7,21 +7,24 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
     },
-    time::Instant,
 };
 
 use tokio::sync::mpsc;
 use tracer_api::v1::{SessionStats, TraceEvent};
+use tracing::debug;
+
+pub use super::lineage::ForkEvent;
+use super::resolver::{Resolver, TaskInfo};
 
 use crate::{
     ftrace::{
+        barrier::Progress,
         format::{EventFormat, PageHeader},
         ring::{parse_page, Page},
     },
     metrics::Metrics,
-    registry::procfs::Procfs,
 };
 
 /// The container a thread belongs to.
@@ -37,18 +40,6 @@ pub struct ContainerTag {
     pub name: String,
     /// Runtime that created it (`runc`, `crun`, ...), empty when unknown.
     pub runtime: String,
-}
-
-/// What is known of a thread.
-#[derive(Debug)]
-pub struct TaskInfo {
-    /// Its process.
-    pub tgid: i32,
-    /// Its command name.
-    pub comm: Arc<str>,
-    /// Its container, if it could be tied to one of the session's.
-    pub container: Option<Arc<ContainerTag>>,
-    seen: Instant,
 }
 
 /// One event, pointing into its page.
@@ -81,127 +72,6 @@ impl Batch {
     pub fn payload(&self, record: &Record) -> &[u8] {
         let start = record.offset as usize;
         self.page.get(start..start + record.len as usize).unwrap_or_default()
-    }
-}
-
-/// Ties thread ids to processes, commands and the session's containers.
-#[derive(Debug)]
-pub struct Resolver {
-    procfs: Procfs,
-    tracefs: Option<std::path::PathBuf>,
-    /// Container inits, with the time a container was removed: its last events are read up to
-    /// a poll interval after its exit (and resolved on another CPU's reader than its earlier
-    /// ones), so a removed container is still known for [`REMOVED_KEPT`].
-    inits: RwLock<HashMap<u32, KnownContainer>>,
-    saved: Mutex<Saved>,
-}
-
-/// A container and, once removed, when.
-type KnownContainer = (Arc<ContainerTag>, Option<Instant>);
-
-/// How long a removed container's threads are still tied to it.
-const REMOVED_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The kernel's `saved_cmdlines` and `saved_tgids`, parsed. Both files list every thread the
-/// kernel remembers (tens of thousands of lines): they are read once for a burst of exited
-/// threads, not once per thread, or a fork-heavy container would slow the readers down.
-#[derive(Debug, Default)]
-struct Saved {
-    read_at: Option<Instant>,
-    comms: HashMap<i32, String>,
-    tgids: HashMap<i32, i32>,
-}
-
-/// How often the saved tables may be read again for a thread they do not know.
-const SAVED_REFRESH: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Depth bound of the walk from a process up to its container's init.
-const MAX_ANCESTRY: usize = 64;
-
-impl Resolver {
-    /// A resolver reading `procfs`, and the kernel's `saved_cmdlines` / `saved_tgids` under
-    /// `tracefs` for threads that exited before they could be looked up.
-    pub fn new(procfs: Procfs, tracefs: Option<std::path::PathBuf>) -> Self {
-        Self { procfs, tracefs, inits: RwLock::new(HashMap::new()), saved: Mutex::default() }
-    }
-
-    /// What the kernel remembered of `tid` (command, process) when it recorded its events.
-    fn saved(&self, tid: i32) -> (Option<String>, Option<i32>) {
-        let Some(root) = self.tracefs.as_ref() else { return (None, None) };
-        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-        let known = saved.comms.contains_key(&tid) && saved.tgids.contains_key(&tid);
-        if !known && saved.read_at.is_none_or(|t| t.elapsed() >= SAVED_REFRESH) {
-            let table = |file: &str| -> Vec<(i32, String)> {
-                crate::ftrace::tracefs::read_file(&root.join(file))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| {
-                        let (pid, rest) = l.split_once(' ')?;
-                        Some((pid.parse().ok()?, rest.trim().to_owned()))
-                    })
-                    .collect()
-            };
-            saved.comms = table("saved_cmdlines").into_iter().collect();
-            saved.tgids = table("saved_tgids").into_iter().filter_map(|(p, t)| Some((p, t.parse().ok()?))).collect();
-            saved.read_at = Some(Instant::now());
-        }
-        (saved.comms.get(&tid).cloned(), saved.tgids.get(&tid).copied())
-    }
-
-    /// Declares `init` as the init pid of `tag`'s container.
-    pub fn add_container(&self, init: u32, tag: Arc<ContainerTag>) {
-        let mut inits = self.inits.write().unwrap_or_else(|p| p.into_inner());
-        inits.retain(|_, (_, gone)| gone.is_none_or(|t| t.elapsed() < REMOVED_KEPT));
-        inits.insert(init, (tag, None));
-    }
-
-    /// Forgets a container.
-    pub fn remove_container(&self, id: &str) {
-        let mut inits = self.inits.write().unwrap_or_else(|p| p.into_inner());
-        inits.retain(|_, (_, gone)| gone.is_none_or(|t| t.elapsed() < REMOVED_KEPT));
-        for (tag, gone) in inits.values_mut() {
-            if tag.id == id {
-                gone.get_or_insert_with(Instant::now);
-            }
-        }
-    }
-
-    /// Reads what procfs says of thread `tid`: process, command, and the container whose init
-    /// is the process or one of its ancestors.
-    pub fn resolve(&self, tid: i32) -> TaskInfo {
-        let seen = Instant::now();
-        let Ok(utid) = u32::try_from(tid) else {
-            return TaskInfo { tgid: tid, comm: Arc::from(""), container: None, seen };
-        };
-        let status =
-            std::fs::read_to_string(self.procfs.root().join(utid.to_string()).join("status")).unwrap_or_default();
-        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-        let (comm, tgid): (Arc<str>, i32) = if status.is_empty() {
-            // Gone already (a short-lived process): the kernel's own records of it.
-            let (comm, tgid) = self.saved(tid);
-            (Arc::from(comm.unwrap_or_default().as_str()), tgid.unwrap_or(tid))
-        } else {
-            (Arc::from(field("Name:").unwrap_or("")), field("Tgid:").and_then(|v| v.parse().ok()).unwrap_or(tid))
-        };
-        let inits = self.inits.read().unwrap_or_else(|p| p.into_inner());
-        let mut pid = u32::try_from(tgid).unwrap_or(utid);
-        let mut container = None;
-        for _ in 0..MAX_ANCESTRY {
-            if let Some((tag, _)) = inits.get(&pid) {
-                container = Some(tag.clone());
-                break;
-            }
-            match self.procfs.stat(pid) {
-                Ok(st) if st.ppid > 1 => pid = st.ppid,
-                _ => break,
-            }
-        }
-        // A thread gone before its ancestry could be read: the pid filter only lets the
-        // session's containers' threads through, so with one container it can only be that one.
-        if container.is_none() && inits.len() == 1 {
-            container = inits.values().next().map(|(t, _)| t.clone());
-        }
-        TaskInfo { tgid, comm, container, seen }
     }
 }
 
@@ -341,36 +211,106 @@ const TASK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 /// Threads remembered per CPU reader.
 const MAX_CACHED_TASKS: usize = 65_536;
 
+/// How long a reader waits for the other CPUs' readers before it gives up on a thread it
+/// cannot tie to a container (they answer within a drain unless far behind).
+const CATCH_UP: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What the readers of a run need to know of its events.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    /// The ring buffer's page layout.
+    pub header: PageHeader,
+    /// Events after which a thread has a new command (exec).
+    pub exec_ids: Arc<Vec<u16>>,
+    /// The fork event, which tells the resolver who created whom.
+    pub fork: Option<ForkEvent>,
+    /// The exit event (`sched_process_exit`), which ends a thread id's life.
+    pub exit: Option<u16>,
+    /// Events recorded for attribution only (the hook did not ask for them): never shown,
+    /// stored or counted.
+    pub hidden: Arc<Vec<u16>>,
+}
+
 /// Builds the consumer of one CPU's pages.
+///
+/// A page is taken in two passes: its fork events first (so the other CPUs' readers, which may
+/// be waiting for them, can go on), then every event is tied to its thread. A thread that can
+/// be tied to no container (gone, and its fork not read yet) makes the reader wait once per
+/// page for the other CPUs to catch up to the page's end, then try again.
 pub fn page_consumer(
     cpu: usize,
-    header: PageHeader,
-    exec_ids: Arc<Vec<u16>>,
+    decoding: Decoding,
     resolver: Arc<Resolver>,
     store: Arc<EventStore>,
+    progress: Progress,
 ) -> crate::ftrace::reader::PageConsumer {
     let mut parsed = Page::default();
     let mut cache: HashMap<i32, Arc<TaskInfo>> = HashMap::new();
+    let header = decoding.header;
     Box::new(move |page: Vec<u8>| {
         parse_page(&page, &header, &mut parsed);
-        let mut records = Vec::with_capacity(parsed.events.len());
+        let ids = |ev: &crate::ftrace::ring::RawEvent| -> Option<(u16, i32)> {
+            let p = page.get(ev.offset..ev.offset + ev.len).filter(|p| p.len() >= 8)?;
+            Some((u16::from_ne_bytes([p[0], p[1]]), i32::from_ne_bytes([p[4], p[5], p[6], p[7]])))
+        };
         for ev in &parsed.events {
-            let Some(p) = page.get(ev.offset..ev.offset + ev.len) else { continue };
-            if p.len() < 8 {
+            let Some((id, pid)) = ids(ev) else { continue };
+            if let Some(fork) = decoding.fork.filter(|f| f.id == id) {
+                if let Some((parent, child)) = fork.parse(&page[ev.offset..ev.offset + ev.len]) {
+                    resolver.forked(parent, child, ev.ts);
+                    // A new thread: whatever was cached under its id was another's.
+                    cache.remove(&(child as i32));
+                }
+            } else if decoding.exit == Some(id) {
+                if let Ok(tid) = u32::try_from(pid) {
+                    resolver.exited(tid, ev.ts);
+                }
+            }
+        }
+        let Some(last_ts) = parsed.events.last().map(|e| e.ts) else { return };
+        progress.consumed(last_ts);
+
+        let mut records = Vec::with_capacity(parsed.events.len());
+        let mut caught_up = false;
+        let mut unknown: Vec<i32> = Vec::new();
+        for ev in &parsed.events {
+            let Some((event_id, pid)) = ids(ev) else { continue };
+            if decoding.hidden.contains(&event_id) {
                 continue;
             }
-            let event_id = u16::from_ne_bytes([p[0], p[1]]);
-            let pid = i32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
             // After an exec the thread has a new command: ask procfs again.
-            let stale = exec_ids.contains(&event_id) || cache.get(&pid).is_some_and(|t| t.seen.elapsed() > TASK_TTL);
+            let stale =
+                decoding.exec_ids.contains(&event_id) || cache.get(&pid).is_some_and(|t| t.seen.elapsed() > TASK_TTL);
             if stale {
                 cache.remove(&pid);
             }
             if cache.len() >= MAX_CACHED_TASKS {
                 cache.clear();
             }
-            let task = cache.entry(pid).or_insert_with(|| Arc::new(resolver.resolve(pid))).clone();
+            let task = match cache.get(&pid) {
+                Some(t) => t.clone(),
+                None => {
+                    let mut info = resolver.resolve(pid, ev.ts);
+                    if info.container.is_none() && !caught_up {
+                        caught_up = true;
+                        if !progress.wait_for_others(last_ts, CATCH_UP) {
+                            debug!(cpu, "the other CPUs' readers did not catch up in time");
+                        }
+                        info = resolver.resolve(pid, ev.ts);
+                    }
+                    if info.container.is_none() {
+                        unknown.push(pid);
+                    }
+                    let info = Arc::new(info);
+                    cache.insert(pid, info.clone());
+                    info
+                }
+            };
             records.push(Record { ts: ev.ts, pid, event_id, offset: ev.offset as u32, len: ev.len as u32, task });
+        }
+        // Not known yet is not known for good: the next page asks again.
+        for pid in unknown {
+            cache.remove(&pid);
         }
         store.push(Batch { cpu: cpu as u32, page, records });
     })
@@ -410,7 +350,98 @@ pub fn to_wire(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ftrace::ring::tests::{PageBuilder, HEADER};
+    use crate::{
+        ftrace::{barrier::Barrier, ring::tests::PageBuilder},
+        registry::procfs::Procfs,
+    };
+
+    fn decoding(fork: Option<ForkEvent>, hidden: Vec<u16>) -> Decoding {
+        Decoding {
+            header: crate::ftrace::ring::tests::HEADER,
+            exec_ids: Arc::new(vec![]),
+            fork,
+            exit: None,
+            hidden: Arc::new(hidden),
+        }
+    }
+
+    fn alone() -> Progress {
+        Progress::new(Barrier::new(1).expect("eventfd"), 0)
+    }
+
+    fn tag(id: &str) -> Arc<ContainerTag> {
+        Arc::new(ContainerTag {
+            id: id.into(),
+            pod: id.into(),
+            namespace: "n".into(),
+            name: id.into(),
+            runtime: String::new(),
+        })
+    }
+
+    /// A `sched_process_fork` payload as the kernel lays it out here (id 9).
+    fn fork_payload(by: i32, parent: i32, child: i32) -> Vec<u8> {
+        let mut p = payload(9, by);
+        p.resize(48, 0);
+        p[24..28].copy_from_slice(&parent.to_ne_bytes());
+        p[44..48].copy_from_slice(&child.to_ne_bytes());
+        p
+    }
+
+    fn fork_event() -> ForkEvent {
+        let text = "name: sched_process_fork\nID: 9\nformat:\n\
+            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+            \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+            \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        ForkEvent::from_format(&crate::ftrace::format::parse_event_format("sched", text).expect("format"))
+            .expect("fork layout")
+    }
+
+    /// CPU 1's reader meets the events of a child that is gone before CPU 0's reader has read
+    /// the fork: it waits for CPU 0, and the child is tied to the right one of two containers.
+    /// The fork events the hook did not ask for are not shown.
+    #[test]
+    fn a_gone_child_read_before_its_fork_is_attributed_once_the_other_cpu_caught_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), None));
+        resolver.add_container(100, tag("a"));
+        resolver.add_container(200, tag("b"));
+        let barrier = Barrier::new(2).expect("eventfds");
+        let store = Arc::new(EventStore::new(1000, Arc::default()));
+        let mut cpu0 = page_consumer(
+            0,
+            decoding(Some(fork_event()), vec![9]),
+            resolver.clone(),
+            store.clone(),
+            Progress::new(barrier.clone(), 0),
+        );
+        let mut cpu1 = page_consumer(
+            1,
+            decoding(Some(fork_event()), vec![9]),
+            resolver.clone(),
+            store.clone(),
+            Progress::new(barrier.clone(), 1),
+        );
+        let child = PageBuilder::new(2000).event(1, &payload(5, 4242)).finish(0);
+        let reader1 = std::thread::spawn(move || cpu1(child));
+        while barrier.requests() == 0 {
+            std::thread::yield_now();
+        }
+        // The fork (by 200's shell 300, itself forked by 200) was recorded earlier on CPU 0.
+        let forks = PageBuilder::new(1000)
+            .event(1, &fork_payload(200, 200, 300))
+            .event(1, &fork_payload(300, 300, 4242))
+            .event(1, &payload(5, 300))
+            .finish(0);
+        cpu0(forks);
+        reader1.join().expect("reader of cpu 1");
+        let batches = store.snapshot();
+        let records: Vec<&Record> = batches.iter().flat_map(|b| b.records.iter()).collect();
+        assert_eq!(records.len(), 2, "the fork events were read for attribution only");
+        for r in records {
+            assert_eq!(r.task.container.as_ref().map(|t| t.id.as_str()), Some("b"), "pid {}", r.pid);
+        }
+    }
 
     fn payload(id: u16, pid: i32) -> Vec<u8> {
         let mut p = vec![0u8; 16];
@@ -424,15 +455,9 @@ mod tests {
         let store = Arc::new(EventStore::new(3, Arc::default()));
         let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), None));
         let me = std::process::id();
-        let tag = Arc::new(ContainerTag {
-            id: "c".into(),
-            pod: "p".into(),
-            namespace: "n".into(),
-            name: "x".into(),
-            runtime: String::new(),
-        });
+        let tag = tag("c");
         resolver.add_container(me, tag.clone());
-        let mut consume = page_consumer(1, HEADER, Arc::new(vec![]), resolver, store.clone());
+        let mut consume = page_consumer(1, decoding(None, vec![]), resolver, store.clone(), alone());
         let page = PageBuilder::new(10).event(1, &payload(5, me as i32)).event(1, &payload(5, me as i32)).finish(0);
         consume(page.clone());
         consume(page);
@@ -451,7 +476,7 @@ mod tests {
         let (snap, mut rx) = store.follow();
         assert!(snap.is_empty());
         let resolver = Resolver::new(Procfs::new("/proc", "/sys"), None);
-        let info = Arc::new(resolver.resolve(1));
+        let info = Arc::new(resolver.resolve(1, 0));
         for _ in 0..FOLLOWER_QUEUE + 10 {
             let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info.clone() };
             store.push(Batch { cpu: 0, page: vec![], records: vec![rec] });

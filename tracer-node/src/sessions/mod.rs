@@ -5,6 +5,8 @@
 
 pub mod events;
 pub mod glob;
+pub mod lineage;
+pub mod resolver;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,7 +18,10 @@ use std::{
 use tracer_api::v1::{NewSession, SessionInfo, SessionStats};
 use tracing::{error, info, warn};
 
-use self::events::{ContainerTag, EventStore, Resolver};
+use self::{
+    events::{ContainerTag, EventStore},
+    resolver::Resolver,
+};
 use crate::{
     export::{model::SessionContext, ExportCounters, Exporter, SessionExport},
     ftrace::{format::EventFormat, reader::Readers, Instance, Tracefs},
@@ -186,10 +191,15 @@ fn check_pattern(what: &str, p: &str) -> Result<(), SessionError> {
     Ok(())
 }
 
-/// Every thread id of a container's processes.
-fn container_tids(registry: &Registry, a: &Attached) -> Vec<u32> {
+/// Every thread id of a container's processes, each also told to the session's resolver: a
+/// thread alive now may be gone by the time its events are read, and its fork was before the
+/// run (so no fork event ties it to its container).
+fn container_tids(registry: &Registry, a: &Attached, resolver: &Resolver) -> Vec<u32> {
     let procfs = registry.procfs();
-    procfs.tasks(a.init, a.cgroup.as_deref()).into_iter().flat_map(|pid| procfs.threads(pid)).collect()
+    let tids: Vec<u32> =
+        procfs.tasks(a.init, a.cgroup.as_deref()).into_iter().flat_map(|pid| procfs.threads(pid)).collect();
+    resolver.known_threads(a.init, &tids);
+    tids
 }
 
 impl SessionManager {
@@ -379,7 +389,7 @@ impl SessionManager {
             export.container_started(tag, r.pid, at, true);
         }
         if let Some(Run::Ftrace { instance, recording, functions, .. }) = &mut st.run {
-            let tids = container_tids(&self.registry, &a);
+            let tids = container_tids(&self.registry, &a, &s.resolver);
             match instance.add_pids(&tids, *functions) {
                 Ok(()) => {
                     if !*recording {
@@ -436,7 +446,7 @@ impl SessionManager {
             Plan::External { provider, hook, args } => {
                 let tids: Vec<u32> = {
                     let st = s.lock();
-                    st.containers.values().flat_map(|a| container_tids(&self.registry, a)).collect()
+                    st.containers.values().flat_map(|a| container_tids(&self.registry, a, &s.resolver)).collect()
                 };
                 match provider.run(&hook, &args, &tids, id).await {
                     Ok(run) => {
@@ -633,15 +643,12 @@ fn start_ftrace(
     if let Err(e) = instance.set_option("record-tgid", true) {
         warn!(session = s.id, error = %e, "cannot set record-tgid; exited threads show tgid = pid");
     }
-    let tids: Vec<u32> = st.containers.values().flat_map(|a| container_tids(registry, a)).collect();
     let mut formats = HashMap::new();
     let functions = plan.functions.is_some();
-    step("pid filter", instance.add_pids(&tids, false))?;
+    let refused = |what: &str, e: crate::ftrace::TracefsError| {
+        format!("the kernel refused the function tracer ({what}: {e}); kernels in lockdown do not allow it")
+    };
     if let Some(list) = &plan.functions {
-        let refused = |what: &str, e: crate::ftrace::TracefsError| {
-            format!("the kernel refused the function tracer ({what}: {e}); kernels in lockdown do not allow it")
-        };
-        instance.append_pids("set_ftrace_pid", &tids).map_err(|e| refused("set_ftrace_pid", e))?;
         instance.set_option("function-fork", true).map_err(|e| refused("function-fork", e))?;
         if !list.is_empty() {
             instance.write("set_ftrace_filter", &list.join(" ")).map_err(|e| refused("set_ftrace_filter", e))?;
@@ -685,6 +692,25 @@ fn start_ftrace(
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map_or(header.data_offset + header.data_size, |kb| kb * 1024);
+    // Fork and exit events tie the threads that are gone before their events are read to their
+    // containers: recorded in every run, shown only when the hook asked for them.
+    let mut hidden = Vec::new();
+    let mut lineage = |name: &str| -> Result<Option<EventFormat>, String> {
+        let format = match tracefs.event_format("sched", name) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(session = s.id, error = %e, "no {name} format; exited processes may lose their container");
+                return Ok(None);
+            }
+        };
+        if !formats.contains_key(&format.id) {
+            step(name, instance.enable_event("sched", Some(name)))?;
+            hidden.push(format.id);
+        }
+        Ok(Some(format))
+    };
+    let fork = lineage("sched_process_fork")?.as_ref().and_then(events::ForkEvent::from_format);
+    let exit = lineage("sched_process_exit")?.map(|f| f.id);
     let exec_ids: Arc<Vec<u16>> = Arc::new(
         formats
             .values()
@@ -693,8 +719,9 @@ fn start_ftrace(
             .collect(),
     );
     let (resolver, store) = (s.resolver.clone(), s.store.clone());
-    let readers = Readers::start(&instance, page_size, |cpu| {
-        events::page_consumer(cpu, header, exec_ids.clone(), resolver.clone(), store.clone())
+    let decoding = events::Decoding { header, exec_ids, fork, exit, hidden: Arc::new(hidden) };
+    let readers = Readers::start(&instance, page_size, |cpu, progress| {
+        events::page_consumer(cpu, decoding.clone(), resolver.clone(), store.clone(), progress)
     })
     .map_err(|e| e.to_string())?;
     // With an empty filter the instance would record every thread on the host: recording
@@ -717,15 +744,41 @@ fn start_ftrace(
         s.store.add_sink(sink);
         handle
     });
+    // The pid filter last, right before recording starts: a thread forked in between is added
+    // by the kernel (event-fork) but its fork is not recorded; the second look below finds it.
+    let tids: Vec<u32> = st.containers.values().flat_map(|a| container_tids(registry, a, &s.resolver)).collect();
+    let filtered = instance.add_pids(&tids, false).map_err(|e| format!("pid filter: {e}")).and_then(|()| {
+        if functions {
+            instance.append_pids("set_ftrace_pid", &tids).map_err(|e| refused("set_ftrace_pid", e))
+        } else {
+            Ok(())
+        }
+    });
     let recording = !tids.is_empty();
+    let started = filtered.and_then(|()| match recording {
+        true => instance.set_tracing_on(true).map_err(|e| format!("tracing_on: {e}")),
+        false => Ok(()),
+    });
+    if let Err(reason) = started {
+        readers.stop_and_join();
+        if let Some(export) = export {
+            export.finish();
+        }
+        s.store.close_followers();
+        return Err(reason);
+    }
     if recording {
-        if let Err(e) = instance.set_tracing_on(true) {
-            readers.stop_and_join();
-            if let Some(export) = export {
-                export.finish();
-            }
-            s.store.close_followers();
-            return Err(format!("tracing_on: {e}"));
+        // Threads forked while the filter was written: in the kernel's filter already (or
+        // added now), and made known to the resolver while they still run.
+        let seen: std::collections::HashSet<u32> = tids.iter().copied().collect();
+        let late: Vec<u32> = st
+            .containers
+            .values()
+            .flat_map(|a| container_tids(registry, a, &s.resolver))
+            .filter(|t| !seen.contains(t))
+            .collect();
+        if let Err(e) = instance.add_pids(&late, functions) {
+            warn!(session = s.id, error = %e, threads = late.len(), "cannot add threads forked during the start");
         }
     }
     let mut output =

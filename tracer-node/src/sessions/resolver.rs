@@ -1,0 +1,235 @@
+//! Ties the thread ids of a session's events to processes, commands and the session's
+//! containers.
+//!
+//! A live thread is looked up in procfs: its process, then the parents up to a container's
+//! init. A thread that is gone by the time its events are read (a `cat` in a shell loop lives
+//! for a millisecond) has no procfs entry left: its command and process come from the kernel's
+//! `saved_cmdlines`/`saved_tgids`, and its ancestry from the session's own fork events
+//! (`sched_process_fork`, recorded in the session's instance whether or not its hook asked for
+//! them), which the readers feed in as parent → child edges.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use super::{events::ContainerTag, lineage::Lineage};
+use crate::registry::procfs::Procfs;
+
+/// What is known of a thread.
+#[derive(Debug)]
+pub struct TaskInfo {
+    /// Its process.
+    pub tgid: i32,
+    /// Its command name.
+    pub comm: Arc<str>,
+    /// Its container, if it could be tied to one of the session's.
+    pub container: Option<Arc<ContainerTag>>,
+    pub(super) seen: Instant,
+}
+
+/// A container and, once removed, when.
+type KnownContainer = (Arc<ContainerTag>, Option<Instant>);
+
+/// How long a removed container's threads are still tied to it: its last events are read up
+/// to a poll interval after its exit, possibly by another CPU's reader than its earlier ones.
+const REMOVED_KEPT: Duration = Duration::from_secs(10);
+
+/// How often the saved tables may be read again for a thread they do not know.
+const SAVED_REFRESH: Duration = Duration::from_millis(20);
+
+/// Depth bound of the walk from a process up to its container's init.
+const MAX_ANCESTRY: usize = 64;
+
+/// The kernel's `saved_cmdlines` and `saved_tgids`, parsed. Both files list every thread the
+/// kernel remembers (tens of thousands of lines): they are read once for a burst of exited
+/// threads, not once per thread, or a fork-heavy container would slow the readers down.
+#[derive(Debug, Default)]
+struct Saved {
+    read_at: Option<Instant>,
+    comms: HashMap<i32, String>,
+    tgids: HashMap<i32, i32>,
+}
+
+/// The resolver of one session.
+#[derive(Debug)]
+pub struct Resolver {
+    procfs: Procfs,
+    tracefs: Option<std::path::PathBuf>,
+    inits: RwLock<HashMap<u32, KnownContainer>>,
+    lineage: RwLock<Lineage>,
+    saved: Mutex<Saved>,
+}
+
+impl Resolver {
+    /// A resolver reading `procfs`, and the kernel's `saved_cmdlines` / `saved_tgids` under
+    /// `tracefs` for threads that exited before they could be looked up.
+    pub fn new(procfs: Procfs, tracefs: Option<std::path::PathBuf>) -> Self {
+        Self {
+            procfs,
+            tracefs,
+            inits: RwLock::new(HashMap::new()),
+            lineage: RwLock::default(),
+            saved: Mutex::default(),
+        }
+    }
+
+    /// What the kernel remembered of `tid` (command, process) when it recorded its events.
+    fn saved(&self, tid: i32) -> (Option<String>, Option<i32>) {
+        let Some(root) = self.tracefs.as_ref() else { return (None, None) };
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let known = saved.comms.contains_key(&tid) && saved.tgids.contains_key(&tid);
+        if !known && saved.read_at.is_none_or(|t| t.elapsed() >= SAVED_REFRESH) {
+            let table = |file: &str| -> Vec<(i32, String)> {
+                crate::ftrace::tracefs::read_file(&root.join(file))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| {
+                        let (pid, rest) = l.split_once(' ')?;
+                        Some((pid.parse().ok()?, rest.trim().to_owned()))
+                    })
+                    .collect()
+            };
+            saved.comms = table("saved_cmdlines").into_iter().collect();
+            saved.tgids = table("saved_tgids").into_iter().filter_map(|(p, t)| Some((p, t.parse().ok()?))).collect();
+            saved.read_at = Some(Instant::now());
+        }
+        (saved.comms.get(&tid).cloned(), saved.tgids.get(&tid).copied())
+    }
+
+    /// Declares `init` as the init pid of `tag`'s container.
+    pub fn add_container(&self, init: u32, tag: Arc<ContainerTag>) {
+        let mut inits = self.inits.write().unwrap_or_else(|p| p.into_inner());
+        inits.retain(|_, (_, gone)| gone.is_none_or(|t| t.elapsed() < REMOVED_KEPT));
+        inits.insert(init, (tag, None));
+    }
+
+    /// Forgets a container (after [`REMOVED_KEPT`]).
+    pub fn remove_container(&self, id: &str) {
+        let mut inits = self.inits.write().unwrap_or_else(|p| p.into_inner());
+        inits.retain(|_, (_, gone)| gone.is_none_or(|t| t.elapsed() < REMOVED_KEPT));
+        for (tag, gone) in inits.values_mut() {
+            if tag.id == id {
+                gone.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    fn lineage_mut(&self) -> std::sync::RwLockWriteGuard<'_, Lineage> {
+        self.lineage.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Thread `parent` created thread `child` at `ts` (a fork event of the session's instance).
+    pub fn forked(&self, parent: u32, child: u32, ts: u64) {
+        self.lineage_mut().forked(parent, child, ts);
+    }
+
+    /// Thread `tid` exited at `ts`.
+    pub fn exited(&self, tid: u32, ts: u64) {
+        self.lineage_mut().exited(tid, ts);
+    }
+
+    /// `tids` are threads of the container whose init is `init` (read from procfs while they
+    /// run): remembered, for when they are gone before their events are read.
+    pub fn known_threads(&self, init: u32, tids: &[u32]) {
+        let mut lineage = self.lineage_mut();
+        for &tid in tids.iter().filter(|t| **t != init) {
+            lineage.running(init, tid);
+        }
+    }
+
+    /// Reads what is known of thread `tid` at time `ts`: process, command, and the container
+    /// whose init is the process or one of its ancestors.
+    pub fn resolve(&self, tid: i32, ts: u64) -> TaskInfo {
+        let seen = Instant::now();
+        let Ok(utid) = u32::try_from(tid) else {
+            return TaskInfo { tgid: tid, comm: Arc::from(""), container: None, seen };
+        };
+        let status =
+            std::fs::read_to_string(self.procfs.root().join(utid.to_string()).join("status")).unwrap_or_default();
+        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+        let (comm, tgid): (Arc<str>, i32) = if status.is_empty() {
+            // Gone already (a short-lived process): the kernel's own records of it.
+            let (comm, tgid) = self.saved(tid);
+            (Arc::from(comm.unwrap_or_default().as_str()), tgid.unwrap_or(tid))
+        } else {
+            (Arc::from(field("Name:").unwrap_or("")), field("Tgid:").and_then(|v| v.parse().ok()).unwrap_or(tid))
+        };
+        let inits = self.inits.read().unwrap_or_else(|p| p.into_inner());
+        let mut container = None;
+        // From the thread itself up its creators, each in the life that the time falls in (its
+        // creator's at the time it was forked); where no fork is known, up procfs' parents.
+        let (mut pid, mut at) = (utid, ts);
+        let lineage = self.lineage.read().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..MAX_ANCESTRY {
+            if let Some((tag, _)) = inits.get(&pid) {
+                container = Some(tag.clone());
+                break;
+            }
+            let next = match lineage.life(pid, at) {
+                Some(life) => {
+                    at = life.start;
+                    Some(life.parent)
+                }
+                None => self
+                    .procfs
+                    .leader_or_parent(pid)
+                    // A thread gone with no fork known: on from the process the kernel saved.
+                    .or_else(|| (pid == utid).then(|| u32::try_from(tgid).ok()).flatten()),
+            };
+            match next {
+                Some(p) if p > 1 && p != pid => pid = p,
+                _ => break,
+            }
+        }
+        drop(lineage);
+        // A thread gone before its ancestry could be read: the pid filter only lets the
+        // session's containers' threads through, so with one container it can only be that one.
+        if container.is_none() && inits.len() == 1 {
+            container = inits.values().next().map(|(t, _)| t.clone());
+        }
+        TaskInfo { tgid, comm, container, seen }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(id: &str) -> Arc<ContainerTag> {
+        Arc::new(ContainerTag {
+            id: id.into(),
+            pod: format!("pod-{id}"),
+            namespace: "ns".into(),
+            name: id.into(),
+            runtime: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_thread_gone_from_procfs_is_tied_to_its_container_through_fork_edges() {
+        // An empty procfs: every thread is gone.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = Resolver::new(Procfs::new(dir.path(), dir.path()), None);
+        r.add_container(100, tag("a"));
+        r.add_container(200, tag("b"));
+        let id = |r: &Resolver, tid: i32, ts: u64| r.resolve(tid, ts).container.map(|t| t.id.clone());
+        assert_eq!(id(&r, 4242, 10), None, "two containers, no fork known: unknown");
+        // 200 forks a shell 300 at 5, which forks 4242 at 8 (gone at 20).
+        r.forked(200, 300, 5);
+        r.forked(300, 4242, 8);
+        r.exited(4242, 20);
+        assert_eq!(id(&r, 4242, 10).as_deref(), Some("b"));
+        assert_eq!(id(&r, 100, 10).as_deref(), Some("a"));
+        // The id reused in container a: events before its reuse stay b's.
+        r.forked(100, 4242, 30);
+        assert_eq!(id(&r, 4242, 31).as_deref(), Some("a"));
+        assert_eq!(id(&r, 4242, 15).as_deref(), Some("b"));
+        assert_eq!(id(&r, 4242, 25), None, "not alive then");
+        // A cycle of forks ends the walk instead of looping.
+        r.forked(5001, 5000, 1);
+        r.forked(5000, 5001, 1);
+        assert_eq!(id(&r, 5000, 2), None);
+    }
+}
