@@ -546,3 +546,75 @@ fn every_event_of_a_multi_container_session_is_attributed_to_its_own_container()
     rt.delete(&busy_id).expect("delete");
     rt.delete(&quiet_id).expect("delete");
 }
+
+/// Attaching a new container writes the pid filter of every matching running session, and the
+/// kernel serialises those writes behind an RCU grace period each (tens of ms). With 40 such
+/// sessions the hook is still answered within its deadline (nothing is spooled), the work runs
+/// off the async workers (`/healthz` answers meanwhile), and every session gets the container.
+#[test]
+fn a_container_created_under_forty_running_sessions_is_answered_in_time_and_attached_to_all() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let prefix = unique("many");
+    // Every session traces a container already: each new pid filter write then replaces a
+    // list, which is what costs the kernel a grace period.
+    let (old, _) = looping_container(&node, &rt, &format!("{prefix}-old"), LOOP_SCRIPT);
+    let pod = format!("{prefix}-new");
+    let sessions: Vec<String> = (0..40)
+        .map(|_| {
+            let sid = node
+                .create_session(&json!({"pod": format!("{prefix}-*"), "container": "*", "trace-hook": "trace_exec"}))
+                .expect("create");
+            node.run_session(&sid, true).expect("start");
+            sid
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (id, init, worst) = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                agent().get(&format!("{}/healthz", node.url)).call().expect("healthz");
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            worst
+        });
+        let id = unique("ct-many");
+        let bundle =
+            Bundle::new(&["sh", "-c", "sleep 4"], &containerd_annotations(&pod, "ns", "app"), Bundle::hooks_for(&node))
+                .expect("bundle");
+        rt.create(&id, &bundle).expect("create");
+        let init = rt.pid(&id).expect("pid");
+        rt.start(&id).expect("start");
+        rt.keep(bundle);
+        let attached = wait_until(Duration::from_secs(10), || {
+            sessions.iter().all(|sid| node.session(sid).expect("session")["Containers"][&pod] == json!(["app"]))
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(attached, "every session gets the container");
+        (id, init, poller.join().expect("poller"))
+    });
+    let spooled: Vec<_> = std::fs::read_dir(node.spool()).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(spooled.is_empty(), "the hook was answered in time, nothing spooled: {spooled:?}");
+    assert!(!node.log().contains("spooled"), "the hook delivered its event live");
+    assert!(wait_until(Duration::from_secs(10), || node.container(&pod, "app").expect("pods").is_none()), "exit");
+    let mut first_exec = 0;
+    for sid in &sessions {
+        node.run_session(sid, false).expect("stop");
+        let events = node.events(sid).expect("events");
+        let exec = events.iter().find(|e| e["event"] == "sched_process_exec" && e["pod"] == pod.as_str());
+        if exec.is_some_and(|e| e["pid"] == i64::from(init)) {
+            first_exec += 1;
+        }
+        assert!(events.iter().any(|e| e["pod"] == pod.as_str()), "session {sid} traced the container");
+    }
+    println!("40 sessions: {first_exec} saw the container's first exec; worst /healthz {worst:?} meanwhile");
+    assert!(first_exec >= 1, "the sessions attached within the budget see the first exec");
+    let _ = rt.delete(&id);
+    rt.delete(&old).expect("delete");
+}

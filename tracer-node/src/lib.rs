@@ -120,7 +120,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // Listen before replaying the spool: hooks firing meanwhile are served live, and every
     // registration is checked for liveness, so the order of the two sources does not matter.
     let listener = socket::bind(&config.registry_socket)?;
-    let socket_task = tokio::spawn(socket::serve(listener, registry.clone()));
+    let budget = std::time::Duration::from_millis(config.attach_budget_ms);
+    let socket_task = tokio::spawn(socket::serve(listener, registry.clone(), budget));
     let spool = Arc::new(spool::Spool::open(&config.spool_dir)?);
     let spool_task = {
         let registry = registry.clone();

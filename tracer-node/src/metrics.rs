@@ -46,6 +46,9 @@ pub struct RegistryCounters {
     pub spool_refused: AtomicU64,
     /// Spool files that could not be read.
     pub spool_unreadable: AtomicU64,
+    /// New containers whose hook was answered before they were attached to every running
+    /// session (the attach budget ran out).
+    pub attach_late: AtomicU64,
 }
 
 /// The values that are read from their owners at scrape time.
@@ -159,6 +162,13 @@ pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
             ("result=\"stale\"", l(&r.spool_refused)),
             ("result=\"unreadable\"", l(&r.spool_unreadable)),
         ],
+    );
+    metric(
+        &mut o,
+        "late_attachments_total",
+        "counter",
+        "New containers whose hook was answered before they were attached to every running session.",
+        &[("", l(&r.attach_late))],
     );
     o
 }

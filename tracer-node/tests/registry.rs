@@ -191,7 +191,7 @@ async fn the_registry_socket_registers_and_answers_bad_messages_with_a_reason() 
     let listener = socket::bind(&path).expect("bind");
     assert_eq!(std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777, 0o600);
     let reg = registry(None);
-    let task = tokio::spawn(socket::serve(listener, reg.clone()));
+    let task = tokio::spawn(socket::serve(listener, reg.clone(), std::time::Duration::from_millis(200)));
 
     let live = Proc::spawn();
     let mut msg = serde_json::to_vec(&create_event("c1", live.pid(), "p", "ns", "c")).expect("ser");

@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn direct_encoding_equals_the_generated_types() {
-        let resolver = Resolver::new(Procfs::new("/proc", "/sys"), None);
+        let resolver = Resolver::new(Procfs::new("/proc", "/sys"), Arc::default());
         let task = Arc::new(resolver.resolve(std::process::id() as i32, 0));
         let rec = Record { ts: 123_456_789, pid: -5, event_id: 7, offset: 0, len: 0, task };
         let batch = Batch { cpu: 3, page: vec![], records: vec![] };

@@ -268,8 +268,19 @@ impl Registry {
         Ok(loaded)
     }
 
-    /// Applies one event from the hook (live or spooled).
+    /// Applies one event from the hook (live or spooled), running sessions included.
     pub fn apply(&self, event: RegistryEvent) -> Result<Applied, RegistryError> {
+        let (applied, entry) = self.apply_quietly(event)?;
+        if let Some(entry) = entry {
+            self.announce(&entry);
+        }
+        Ok(applied)
+    }
+
+    /// Applies one event, but leaves telling the observer of a new container to the caller
+    /// ([`Registry::announce`]): attaching it to running sessions writes to the kernel, which
+    /// the registry socket bounds by the hook's time.
+    pub fn apply_quietly(&self, event: RegistryEvent) -> Result<(Applied, Option<Entry>), RegistryError> {
         match event {
             RegistryEvent::Created(rec) => self.register(rec, true),
             RegistryEvent::Stopped(stop) => {
@@ -277,8 +288,16 @@ impl Registry {
                     return Err(RegistryError::Version(stop.version));
                 }
                 self.refuse_stop_of_a_live_init(&stop.id)?;
-                Ok(self.remove(&stop.id, None, "poststop"))
+                Ok((self.remove(&stop.id, None, "poststop"), None))
             }
+        }
+    }
+
+    /// Tells the observer (the sessions) of a container registered by
+    /// [`Registry::apply_quietly`].
+    pub fn announce(&self, entry: &Entry) {
+        if let Some(o) = self.observer() {
+            o.registered(entry);
         }
     }
 
@@ -339,7 +358,7 @@ impl Registry {
         }
     }
 
-    fn register(&self, mut rec: ContainerCreated, persist: bool) -> Result<Applied, RegistryError> {
+    fn register(&self, mut rec: ContainerCreated, persist: bool) -> Result<(Applied, Option<Entry>), RegistryError> {
         Self::validate(&rec)?;
         let (id, pid) = (rec.id.clone(), rec.pid);
         let gone = || RegistryError::InitGone { id: id.clone(), pid };
@@ -366,17 +385,16 @@ impl Registry {
             _ => rec.pid_start_time = Some(stat.start_time),
         }
 
-        let mut map = self.lock();
-        if let Some(existing) = map.get(&id) {
-            if existing.record.pid == pid && existing.start_time == stat.start_time {
-                return Ok(Applied::AlreadyRegistered);
-            }
+        // Everything that reads or writes files happens before the map is locked: the lock
+        // only ever guards memory (as a reflector's store does), so `GET /v1/pods` and other
+        // registrations never wait for a disk or procfs.
+        let known = |map: &HashMap<String, Entry>| {
+            map.get(&id).is_some_and(|e| e.record.pid == pid && e.start_time == stat.start_time)
+        };
+        if known(&self.lock()) {
+            return Ok((Applied::AlreadyRegistered, None));
         }
         let cgroup = self.procfs.container_cgroup(pid, &id);
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.exits.watch(generation, pidfd) {
-            error!(container_id = %id, error = %e, "cannot watch init for exit; relying on poststop");
-        }
         if persist {
             if let Some(store) = &self.store {
                 if let Err(e) = store.save(&rec) {
@@ -385,19 +403,27 @@ impl Registry {
                 }
             }
         }
-        info!(
-            container_id = %id, pod = %rec.pod, namespace = %rec.namespace, container = %rec.name,
-            pid, kind = ?rec.kind, cgroup = ?cgroup, "registered"
-        );
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let entry = Entry { record: Arc::new(rec), start_time: stat.start_time, ppid: stat.ppid, cgroup, generation };
-        if let Some(old) = map.insert(id, entry.clone()) {
+        let mut map = self.lock();
+        // A concurrent registration of the same container won meanwhile.
+        if known(&map) {
+            return Ok((Applied::AlreadyRegistered, None));
+        }
+        if let Err(e) = self.exits.watch(generation, pidfd) {
+            error!(container_id = %id, error = %e, "cannot watch init for exit; relying on poststop");
+        }
+        let old = map.insert(id.clone(), entry.clone());
+        drop(map);
+        if let Some(old) = old {
             self.unwatch(old.generation);
         }
-        drop(map);
-        if let Some(o) = self.observer() {
-            o.registered(&entry);
-        }
-        Ok(Applied::Registered)
+        let r = &entry.record;
+        info!(
+            container_id = %id, pod = %r.pod, namespace = %r.namespace, container = %r.name,
+            pid, kind = ?r.kind, cgroup = ?entry.cgroup, "registered"
+        );
+        Ok((Applied::Registered, Some(entry)))
     }
 
     /// Removes `id`; with `generation`, only if the entry is still that registration (an exit

@@ -17,12 +17,19 @@ use tokio::{
 use tracer_api::{hook::MAX_MESSAGE_BYTES, HookReply, RegistryEvent};
 use tracing::{debug, warn};
 
-use super::Registry;
+use super::{Applied, Registry};
 
 /// Time a client has to send its message; a hook that connects and goes silent is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections handled at once; more wait in the kernel backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// Registrations applied at once, each on a blocking thread (pidfd, procfs, cgroup and state
+/// file I/O, then the kernel writes of attaching): a burst of container starts never takes
+/// the async workers that serve the REST API.
+const MAX_APPLYING: usize = 16;
+/// How long a new container's attachment to running sessions may hold the hook's answer by
+/// default: the hook's own default deadline is 250 ms.
+pub const DEFAULT_ATTACH_BUDGET: Duration = Duration::from_millis(200);
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +63,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     Ok(listener)
 }
 
-/// Accepts connections until the task is dropped.
-pub async fn serve(listener: UnixListener, registry: Arc<Registry>) {
+/// Accepts connections until the task is dropped. A new container is attached to the running
+/// sessions before its hook is answered, for at most `attach_budget`; past it the hook is
+/// answered and attaching goes on (the kernel serialises every instance's pid filter update
+/// behind an RCU grace period, tens of ms each, so many sessions can take longer).
+pub async fn serve(listener: UnixListener, registry: Arc<Registry>, attach_budget: Duration) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let applying = Arc::new(Semaphore::new(MAX_APPLYING));
     let my_uid = rustix::process::geteuid().as_raw();
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
@@ -70,15 +81,21 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>) {
                 continue;
             }
         };
-        let registry = registry.clone();
+        let (registry, applying) = (registry.clone(), applying.clone());
         tokio::spawn(async move {
-            handle(stream, &registry, my_uid).await;
+            handle(stream, &registry, my_uid, &applying, attach_budget).await;
             drop(permit);
         });
     }
 }
 
-async fn handle(mut stream: UnixStream, registry: &Registry, my_uid: u32) {
+async fn handle(
+    mut stream: UnixStream,
+    registry: &Arc<Registry>,
+    my_uid: u32,
+    applying: &Arc<Semaphore>,
+    attach_budget: Duration,
+) {
     // The socket is 0600 already; checking the peer as well keeps a mis-set mode from letting
     // an unprivileged process inject containers.
     match stream.peer_cred() {
@@ -104,7 +121,7 @@ async fn handle(mut stream: UnixStream, registry: &Registry, my_uid: u32) {
             Ok(event) => {
                 let id = event.container_id().to_owned();
                 let kind = event.kind();
-                match registry.apply(event) {
+                match apply(registry, event, applying, attach_budget).await {
                     Ok(applied) => {
                         let counter = if kind == "created" {
                             &registry.counters.hook_created
@@ -128,6 +145,40 @@ async fn handle(mut stream: UnixStream, registry: &Registry, my_uid: u32) {
     out.push(b'\n');
     // The hook may have given up already (deadline): a failed write is expected then.
     let _ = write.write_all(&out).await;
+}
+
+/// Applies `event` on a blocking thread, then attaches a new container to the running sessions
+/// on another, waiting for that at most `budget`.
+async fn apply(
+    registry: &Arc<Registry>,
+    event: RegistryEvent,
+    applying: &Arc<Semaphore>,
+    budget: Duration,
+) -> Result<Applied, String> {
+    let permit = applying.clone().acquire_owned().await.map_err(|_| "the daemon is shutting down".to_owned())?;
+    let reg = registry.clone();
+    let staged = tokio::task::spawn_blocking(move || reg.apply_quietly(event))
+        .await
+        .map_err(|e| format!("registration task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let (applied, Some(entry)) = staged else { return Ok(staged.0) };
+    let (reg, started) = (registry.clone(), std::time::Instant::now());
+    let id = entry.record.id.clone();
+    let attach = tokio::task::spawn_blocking(move || {
+        reg.announce(&entry);
+        // The permit is the attachment's too: it bounds the threads busy with the kernel.
+        drop(permit);
+    });
+    if tokio::time::timeout(budget, attach).await.is_err() {
+        registry.counters.attach_late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(
+            container_id = %id, budget_ms = budget.as_millis() as u64,
+            "attaching to the running sessions goes on after the hook's answer; the latest may miss the container's first instructions"
+        );
+    } else {
+        debug!(container_id = %id, took_us = started.elapsed().as_micros() as u64, "attached to the running sessions");
+    }
+    Ok(applied)
 }
 
 fn refuse(error: String) -> HookReply {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracer_api::v1::{SessionStats, TraceEvent};
 use tracing::debug;
 
-pub use super::lineage::ForkEvent;
+pub use super::lineage::{ExitEvent, ForkEvent};
 use super::resolver::{Resolver, TaskInfo};
 
 use crate::{
@@ -225,7 +225,7 @@ pub struct Decoding {
     /// The fork event, which tells the resolver who created whom.
     pub fork: Option<ForkEvent>,
     /// The exit event (`sched_process_exit`), which ends a thread id's life.
-    pub exit: Option<u16>,
+    pub exit: Option<ExitEvent>,
     /// Events recorded for attribution only (the hook did not ask for them): never shown,
     /// stored or counted.
     pub hidden: Arc<Vec<u16>>,
@@ -255,15 +255,16 @@ pub fn page_consumer(
         };
         for ev in &parsed.events {
             let Some((id, pid)) = ids(ev) else { continue };
+            let payload = &page[ev.offset..ev.offset + ev.len];
             if let Some(fork) = decoding.fork.filter(|f| f.id == id) {
-                if let Some((parent, child)) = fork.parse(&page[ev.offset..ev.offset + ev.len]) {
-                    resolver.forked(parent, child, ev.ts);
+                if let Some((parent, child)) = fork.parse(payload) {
+                    resolver.forked(parent, child, ev.ts, fork.comm(payload));
                     // A new thread: whatever was cached under its id was another's.
                     cache.remove(&(child as i32));
                 }
-            } else if decoding.exit == Some(id) {
+            } else if let Some(exit) = decoding.exit.filter(|e| e.id == id) {
                 if let Ok(tid) = u32::try_from(pid) {
-                    resolver.exited(tid, ev.ts);
+                    resolver.exited(tid, ev.ts, exit.comm(payload));
                 }
             }
         }
@@ -403,7 +404,7 @@ mod tests {
     #[test]
     fn a_gone_child_read_before_its_fork_is_attributed_once_the_other_cpu_caught_up() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), None));
+        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default()));
         resolver.add_container(100, tag("a"));
         resolver.add_container(200, tag("b"));
         let barrier = Barrier::new(2).expect("eventfds");
@@ -453,7 +454,7 @@ mod tests {
     #[test]
     fn pages_become_tagged_records_and_retention_is_bounded() {
         let store = Arc::new(EventStore::new(3, Arc::default()));
-        let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), None));
+        let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), Arc::default()));
         let me = std::process::id();
         let tag = tag("c");
         resolver.add_container(me, tag.clone());
@@ -475,7 +476,7 @@ mod tests {
         let store = EventStore::new(1_000_000, Arc::default());
         let (snap, mut rx) = store.follow();
         assert!(snap.is_empty());
-        let resolver = Resolver::new(Procfs::new("/proc", "/sys"), None);
+        let resolver = Resolver::new(Procfs::new("/proc", "/sys"), Arc::default());
         let info = Arc::new(resolver.resolve(1, 0));
         for _ in 0..FOLLOWER_QUEUE + 10 {
             let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info.clone() };

@@ -5,7 +5,7 @@
 //! is therefore only true between that fork and the exit of 4242; an event of 4242 is tied to
 //! the life of 4242 that its timestamp falls in, never to an earlier one.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::ftrace::format::EventFormat;
 
@@ -17,7 +17,7 @@ const LIVES_PER_GENERATION: usize = 65_536;
 const LIVES_PER_TID: usize = 4;
 
 /// One life of a thread id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Life {
     /// When it was forked (trace clock); 0 for a thread that ran before the session.
     pub start: u64,
@@ -25,6 +25,8 @@ pub struct Life {
     pub end: u64,
     /// The thread that created it.
     pub parent: u32,
+    /// Its command: its creator's at the fork, its own last one once it exited.
+    pub comm: Option<Arc<str>>,
 }
 
 /// Fork and exit events seen so far.
@@ -50,10 +52,10 @@ impl Lineage {
         self.current.entry(tid).or_default()
     }
 
-    /// `parent` forked `child` at `ts`.
-    pub fn forked(&mut self, parent: u32, child: u32, ts: u64) {
+    /// `parent` forked `child` at `ts`; `comm` is the child's command then.
+    pub fn forked(&mut self, parent: u32, child: u32, ts: u64, comm: Option<Arc<str>>) {
         let lives = self.lives_mut(child);
-        lives.push(Life { start: ts, end: u64::MAX, parent });
+        lives.push(Life { start: ts, end: u64::MAX, parent, comm });
         lives.sort_by_key(|l| l.start);
         let extra = lives.len().saturating_sub(LIVES_PER_TID);
         lives.drain(..extra);
@@ -61,11 +63,14 @@ impl Lineage {
         self.lives += 1;
     }
 
-    /// `tid` exited at `ts`.
-    pub fn exited(&mut self, tid: u32, ts: u64) {
+    /// `tid` exited at `ts`, its command then `comm`.
+    pub fn exited(&mut self, tid: u32, ts: u64, comm: Option<Arc<str>>) {
         let lives = self.lives_mut(tid);
         if let Some(life) = lives.iter_mut().rev().find(|l| l.start <= ts) {
             life.end = life.end.min(ts);
+            if comm.is_some() {
+                life.comm = comm;
+            }
         }
     }
 
@@ -74,31 +79,48 @@ impl Lineage {
     pub fn running(&mut self, init: u32, tid: u32) {
         let lives = self.lives_mut(tid);
         lives.clear();
-        lives.push(Life { start: 0, end: u64::MAX, parent: init });
+        lives.push(Life { start: 0, end: u64::MAX, parent: init, comm: None });
         self.lives += 1;
     }
 
     /// The life of `tid` that time `ts` falls in, when known.
-    pub fn life(&self, tid: u32, ts: u64) -> Option<Life> {
+    pub fn life(&self, tid: u32, ts: u64) -> Option<&Life> {
         let lives = self.current.get(&tid).or_else(|| self.previous.get(&tid))?;
-        lives.iter().rev().find(|l| l.start <= ts).filter(|l| ts <= l.end).copied()
+        lives.iter().rev().find(|l| l.start <= ts).filter(|l| ts <= l.end)
     }
 }
 
-/// Where `sched_process_fork` keeps the parent and the child thread id, read from its format.
+/// A `char[16]` command field of an event payload.
+fn comm_at(payload: &[u8], (at, len): (usize, usize)) -> Option<Arc<str>> {
+    let raw = payload.get(at..at + len)?;
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    Some(Arc::from(String::from_utf8_lossy(&raw[..end]).as_ref()))
+}
+
+fn field(f: &EventFormat, name: &str, size: Option<usize>) -> Option<(usize, usize)> {
+    f.fields.iter().find(|x| x.name == name && size.is_none_or(|s| x.size == s)).map(|x| (x.offset, x.size))
+}
+
+/// Where `sched_process_fork` keeps the parent and child thread ids and the child's command,
+/// read from its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForkEvent {
     /// Its event id.
     pub id: u16,
     parent: usize,
     child: usize,
+    comm: Option<(usize, usize)>,
 }
 
 impl ForkEvent {
     /// The layout of `sched_process_fork`, when its format has both pid fields.
     pub fn from_format(f: &EventFormat) -> Option<Self> {
-        let at = |name: &str| f.fields.iter().find(|x| x.name == name && x.size == 4).map(|x| x.offset);
-        Some(Self { id: f.id, parent: at("parent_pid")?, child: at("child_pid")? })
+        Some(Self {
+            id: f.id,
+            parent: field(f, "parent_pid", Some(4))?.0,
+            child: field(f, "child_pid", Some(4))?.0,
+            comm: field(f, "child_comm", None),
+        })
     }
 
     /// (parent, child) of a fork event's payload.
@@ -106,6 +128,32 @@ impl ForkEvent {
         let read = |at: usize| payload.get(at..at + 4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
         let (parent, child) = (read(self.parent)?, read(self.child)?);
         Some((u32::try_from(parent).ok()?, u32::try_from(child).ok()?))
+    }
+
+    /// The child's command in a fork event's payload.
+    pub fn comm(&self, payload: &[u8]) -> Option<Arc<str>> {
+        comm_at(payload, self.comm?)
+    }
+}
+
+/// Where `sched_process_exit` keeps the exiting thread's command (the thread is the event's
+/// own `common_pid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitEvent {
+    /// Its event id.
+    pub id: u16,
+    comm: Option<(usize, usize)>,
+}
+
+impl ExitEvent {
+    /// The layout of `sched_process_exit`.
+    pub fn from_format(f: &EventFormat) -> Self {
+        Self { id: f.id, comm: field(f, "comm", None) }
+    }
+
+    /// The exiting thread's command.
+    pub fn comm(&self, payload: &[u8]) -> Option<Arc<str>> {
+        comm_at(payload, self.comm?)
     }
 }
 
@@ -116,16 +164,17 @@ mod tests {
     #[test]
     fn an_event_belongs_to_the_life_its_timestamp_falls_in() {
         let mut l = Lineage::default();
-        l.forked(300, 4242, 100);
-        l.exited(4242, 200);
-        l.forked(900, 4242, 300);
+        l.forked(300, 4242, 100, Some(Arc::from("sh")));
+        l.exited(4242, 200, Some(Arc::from("cat")));
+        l.forked(900, 4242, 300, None);
         assert_eq!(l.life(4242, 150).map(|x| x.parent), Some(300));
+        assert_eq!(l.life(4242, 150).and_then(|x| x.comm.clone()).as_deref(), Some("cat"), "its last command");
         assert_eq!(l.life(4242, 250), None, "between two lives: not known");
         assert_eq!(l.life(4242, 350).map(|x| x.parent), Some(900));
         assert_eq!(l.life(4242, 50), None, "before its first fork");
         // An exit read before the next fork of the id (other CPU) still closes the right life.
-        l.exited(4242, 400);
-        l.forked(7, 4242, 500);
+        l.exited(4242, 400, None);
+        l.forked(7, 4242, 500, None);
         assert_eq!(l.life(4242, 450), None);
         assert_eq!(l.life(4242, 600).map(|x| x.parent), Some(7));
         // A thread found running replaces what was known.
@@ -137,7 +186,7 @@ mod tests {
     fn lives_are_bounded() {
         let mut l = Lineage::default();
         for i in 0..(3 * LIVES_PER_GENERATION as u32) {
-            l.forked(1, i % 50_000 + 2, u64::from(i));
+            l.forked(1, i % 50_000 + 2, u64::from(i), None);
         }
         let kept: usize = l.current.values().chain(l.previous.values()).map(Vec::len).sum();
         assert!(kept <= 2 * LIVES_PER_GENERATION, "{kept} lives kept");
@@ -163,6 +212,8 @@ mod tests {
         payload[24..28].copy_from_slice(&77i32.to_ne_bytes());
         payload[44..48].copy_from_slice(&78i32.to_ne_bytes());
         assert_eq!(fork.parse(&payload), Some((77, 78)));
+        payload[28..31].copy_from_slice(b"cat");
+        assert_eq!(fork.comm(&payload).as_deref(), Some("cat"));
         assert_eq!(fork.parse(&payload[..40]), None, "a short payload is no fork");
     }
 }

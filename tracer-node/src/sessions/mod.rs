@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use self::{
     events::{ContainerTag, EventStore},
-    resolver::Resolver,
+    resolver::{Resolver, SavedTasks},
 };
 use crate::{
     export::{model::SessionContext, ExportCounters, Exporter, SessionExport},
@@ -173,6 +173,8 @@ pub struct SessionManager {
     registry: Arc<Registry>,
     settings: Settings,
     sessions: Mutex<BTreeMap<u64, Arc<Session>>>,
+    /// What the kernel remembers of gone threads, shared by every session's resolver.
+    saved: Arc<SavedTasks>,
     me: Weak<SessionManager>,
 }
 
@@ -195,11 +197,14 @@ fn check_pattern(what: &str, p: &str) -> Result<(), SessionError> {
 /// thread alive now may be gone by the time its events are read, and its fork was before the
 /// run (so no fork event ties it to its container).
 fn container_tids(registry: &Registry, a: &Attached, resolver: &Resolver) -> Vec<u32> {
-    let procfs = registry.procfs();
-    let tids: Vec<u32> =
-        procfs.tasks(a.init, a.cgroup.as_deref()).into_iter().flat_map(|pid| procfs.threads(pid)).collect();
+    let tids = threads_of(registry, a.init, a.cgroup.as_deref());
     resolver.known_threads(a.init, &tids);
     tids
+}
+
+fn threads_of(registry: &Registry, init: u32, cgroup: Option<&std::path::Path>) -> Vec<u32> {
+    let procfs = registry.procfs();
+    procfs.tasks(init, cgroup).into_iter().flat_map(|pid| procfs.threads(pid)).collect()
 }
 
 impl SessionManager {
@@ -212,6 +217,7 @@ impl SessionManager {
         registry: Arc<Registry>,
         settings: Settings,
     ) -> Arc<Self> {
+        let saved = Arc::new(SavedTasks::new(Some(tracefs.root().to_owned())));
         let m = Arc::new_cyclic(|me| SessionManager {
             node,
             tracefs,
@@ -219,6 +225,7 @@ impl SessionManager {
             registry: registry.clone(),
             settings,
             sessions: Mutex::new(BTreeMap::new()),
+            saved: saved.clone(),
             me: me.clone(),
         });
         let observer: Weak<dyn RegistryObserver> = Arc::downgrade(&m) as Weak<dyn RegistryObserver>;
@@ -269,7 +276,7 @@ impl SessionManager {
             spec,
             plan,
             store: Arc::new(EventStore::new(self.settings.retention_events, self.settings.metrics.clone())),
-            resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), Some(self.tracefs.root().to_owned()))),
+            resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), self.saved.clone())),
             trace_id: crate::export::new_trace_id(),
             export: Arc::new(ExportCounters::new(self.settings.metrics.clone())),
             state: Mutex::new(State::default()),
@@ -280,7 +287,7 @@ impl SessionManager {
         self.map().insert(id, session.clone());
         for e in self.registry.snapshot() {
             if session.matches(&e) {
-                self.attach(&session, &e);
+                self.attach(&session, &e, &std::cell::OnceCell::new());
             }
         }
         if session.lock().containers.is_empty() && !session.spec.wait_for_containers {
@@ -366,8 +373,9 @@ impl SessionManager {
         Ok(s.store.stats(st.run.is_some(), live, s.export.snapshot()))
     }
 
-    /// Adds a container to a session, and to its pid filter when it runs.
-    fn attach(&self, s: &Session, e: &Entry) {
+    /// Adds a container to a session, and to its pid filter when it runs; `tids` are its
+    /// threads, read once for all the sessions it is added to.
+    fn attach(&self, s: &Session, e: &Entry, tids: &std::cell::OnceCell<Vec<u32>>) {
         let r = &e.record;
         let tag = Arc::new(ContainerTag {
             id: r.id.clone(),
@@ -389,8 +397,9 @@ impl SessionManager {
             export.container_started(tag, r.pid, at, true);
         }
         if let Some(Run::Ftrace { instance, recording, functions, .. }) = &mut st.run {
-            let tids = container_tids(&self.registry, &a, &s.resolver);
-            match instance.add_pids(&tids, *functions) {
+            let tids = tids.get_or_init(|| threads_of(&self.registry, a.init, a.cgroup.as_deref()));
+            s.resolver.known_threads(a.init, tids);
+            match instance.add_pids(tids, *functions) {
                 Ok(()) => {
                     if !*recording {
                         match instance.set_tracing_on(true) {
@@ -710,7 +719,7 @@ fn start_ftrace(
         Ok(Some(format))
     };
     let fork = lineage("sched_process_fork")?.as_ref().and_then(events::ForkEvent::from_format);
-    let exit = lineage("sched_process_exit")?.map(|f| f.id);
+    let exit = lineage("sched_process_exit")?.as_ref().map(events::ExitEvent::from_format);
     let exec_ids: Arc<Vec<u16>> = Arc::new(
         formats
             .values()
@@ -798,8 +807,9 @@ fn start_ftrace(
 impl RegistryObserver for SessionManager {
     fn registered(&self, entry: &Entry) {
         let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        let tids = std::cell::OnceCell::new();
         for s in sessions.iter().filter(|s| s.matches(entry)) {
-            self.attach(s, entry);
+            self.attach(s, entry, &tids);
         }
     }
 

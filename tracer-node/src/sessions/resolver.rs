@@ -36,51 +36,42 @@ type KnownContainer = (Arc<ContainerTag>, Option<Instant>);
 /// to a poll interval after its exit, possibly by another CPU's reader than its earlier ones.
 const REMOVED_KEPT: Duration = Duration::from_secs(10);
 
-/// How often the saved tables may be read again for a thread they do not know.
-const SAVED_REFRESH: Duration = Duration::from_millis(20);
+/// How often the saved tables may be read again for a thread they do not know: both files
+/// list every thread the kernel remembers (tens of thousands of lines, a few ms to parse).
+const SAVED_REFRESH: Duration = Duration::from_millis(50);
 
 /// Depth bound of the walk from a process up to its container's init.
 const MAX_ANCESTRY: usize = 64;
 
-/// The kernel's `saved_cmdlines` and `saved_tgids`, parsed. Both files list every thread the
-/// kernel remembers (tens of thousands of lines): they are read once for a burst of exited
-/// threads, not once per thread, or a fork-heavy container would slow the readers down.
 #[derive(Debug, Default)]
 struct Saved {
     read_at: Option<Instant>,
-    comms: HashMap<i32, String>,
+    comms: HashMap<i32, Arc<str>>,
     tgids: HashMap<i32, i32>,
 }
 
-/// The resolver of one session.
-#[derive(Debug)]
-pub struct Resolver {
-    procfs: Procfs,
+/// The kernel's `saved_cmdlines` and `saved_tgids`, parsed: what it remembered of threads that
+/// are gone. The tables are the kernel's, one for the whole host, so the node keeps one copy
+/// for all its sessions, read at most every [`SAVED_REFRESH`].
+#[derive(Debug, Default)]
+pub struct SavedTasks {
     tracefs: Option<std::path::PathBuf>,
-    inits: RwLock<HashMap<u32, KnownContainer>>,
-    lineage: RwLock<Lineage>,
-    saved: Mutex<Saved>,
+    tables: Mutex<Saved>,
 }
 
-impl Resolver {
-    /// A resolver reading `procfs`, and the kernel's `saved_cmdlines` / `saved_tgids` under
-    /// `tracefs` for threads that exited before they could be looked up.
-    pub fn new(procfs: Procfs, tracefs: Option<std::path::PathBuf>) -> Self {
-        Self {
-            procfs,
-            tracefs,
-            inits: RwLock::new(HashMap::new()),
-            lineage: RwLock::default(),
-            saved: Mutex::default(),
-        }
+impl SavedTasks {
+    /// The tables under `tracefs` (none: nothing is known of gone threads).
+    pub fn new(tracefs: Option<std::path::PathBuf>) -> Self {
+        Self { tracefs, tables: Mutex::default() }
     }
 
-    /// What the kernel remembered of `tid` (command, process) when it recorded its events.
-    fn saved(&self, tid: i32) -> (Option<String>, Option<i32>) {
+    /// (command, process) of `tid`; the tables are read again first when they do not know it
+    /// and `refresh` allows.
+    fn lookup(&self, tid: i32, refresh: bool) -> (Option<Arc<str>>, Option<i32>) {
         let Some(root) = self.tracefs.as_ref() else { return (None, None) };
-        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut saved = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         let known = saved.comms.contains_key(&tid) && saved.tgids.contains_key(&tid);
-        if !known && saved.read_at.is_none_or(|t| t.elapsed() >= SAVED_REFRESH) {
+        if !known && refresh && saved.read_at.is_none_or(|t| t.elapsed() >= SAVED_REFRESH) {
             let table = |file: &str| -> Vec<(i32, String)> {
                 crate::ftrace::tracefs::read_file(&root.join(file))
                     .unwrap_or_default()
@@ -91,11 +82,28 @@ impl Resolver {
                     })
                     .collect()
             };
-            saved.comms = table("saved_cmdlines").into_iter().collect();
+            saved.comms = table("saved_cmdlines").into_iter().map(|(p, c)| (p, Arc::from(c.as_str()))).collect();
             saved.tgids = table("saved_tgids").into_iter().filter_map(|(p, t)| Some((p, t.parse().ok()?))).collect();
             saved.read_at = Some(Instant::now());
         }
         (saved.comms.get(&tid).cloned(), saved.tgids.get(&tid).copied())
+    }
+}
+
+/// The resolver of one session.
+#[derive(Debug)]
+pub struct Resolver {
+    procfs: Procfs,
+    saved: Arc<SavedTasks>,
+    inits: RwLock<HashMap<u32, KnownContainer>>,
+    lineage: RwLock<Lineage>,
+}
+
+impl Resolver {
+    /// A resolver reading `procfs`, and the node's `saved` tables for threads that exited
+    /// before they could be looked up.
+    pub fn new(procfs: Procfs, saved: Arc<SavedTasks>) -> Self {
+        Self { procfs, saved, inits: RwLock::new(HashMap::new()), lineage: RwLock::default() }
     }
 
     /// Declares `init` as the init pid of `tag`'s container.
@@ -120,14 +128,15 @@ impl Resolver {
         self.lineage.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Thread `parent` created thread `child` at `ts` (a fork event of the session's instance).
-    pub fn forked(&self, parent: u32, child: u32, ts: u64) {
-        self.lineage_mut().forked(parent, child, ts);
+    /// Thread `parent` created thread `child`, with command `comm`, at `ts` (a fork event of
+    /// the session's instance).
+    pub fn forked(&self, parent: u32, child: u32, ts: u64, comm: Option<Arc<str>>) {
+        self.lineage_mut().forked(parent, child, ts, comm);
     }
 
-    /// Thread `tid` exited at `ts`.
-    pub fn exited(&self, tid: u32, ts: u64) {
-        self.lineage_mut().exited(tid, ts);
+    /// Thread `tid` exited at `ts`, its last command `comm`.
+    pub fn exited(&self, tid: u32, ts: u64, comm: Option<Arc<str>>) {
+        self.lineage_mut().exited(tid, ts, comm);
     }
 
     /// `tids` are threads of the container whose init is `init` (read from procfs while they
@@ -150,9 +159,13 @@ impl Resolver {
             std::fs::read_to_string(self.procfs.root().join(utid.to_string()).join("status")).unwrap_or_default();
         let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
         let (comm, tgid): (Arc<str>, i32) = if status.is_empty() {
-            // Gone already (a short-lived process): the kernel's own records of it.
-            let (comm, tgid) = self.saved(tid);
-            (Arc::from(comm.unwrap_or_default().as_str()), tgid.unwrap_or(tid))
+            // Gone already (a short-lived process): its command from the session's own fork
+            // and exit events, else the kernel's tables (read again only for a thread the
+            // session knows nothing of: they are large, and shared by every session).
+            let known = self.lineage.read().unwrap_or_else(|p| p.into_inner()).life(utid, ts).map(|l| l.comm.clone());
+            let (saved_comm, tgid) = self.saved.lookup(tid, known.is_none());
+            let comm = known.flatten().or(saved_comm).unwrap_or_else(|| Arc::from(""));
+            (comm, tgid.unwrap_or(tid))
         } else {
             (Arc::from(field("Name:").unwrap_or("")), field("Tgid:").and_then(|v| v.parse().ok()).unwrap_or(tid))
         };
@@ -211,25 +224,26 @@ mod tests {
     fn a_thread_gone_from_procfs_is_tied_to_its_container_through_fork_edges() {
         // An empty procfs: every thread is gone.
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = Resolver::new(Procfs::new(dir.path(), dir.path()), None);
+        let r = Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default());
         r.add_container(100, tag("a"));
         r.add_container(200, tag("b"));
         let id = |r: &Resolver, tid: i32, ts: u64| r.resolve(tid, ts).container.map(|t| t.id.clone());
         assert_eq!(id(&r, 4242, 10), None, "two containers, no fork known: unknown");
         // 200 forks a shell 300 at 5, which forks 4242 at 8 (gone at 20).
-        r.forked(200, 300, 5);
-        r.forked(300, 4242, 8);
-        r.exited(4242, 20);
+        r.forked(200, 300, 5, None);
+        r.forked(300, 4242, 8, None);
+        r.exited(4242, 20, Some(Arc::from("cat")));
         assert_eq!(id(&r, 4242, 10).as_deref(), Some("b"));
+        assert_eq!(&*r.resolve(4242, 10).comm, "cat", "the command it exited with");
         assert_eq!(id(&r, 100, 10).as_deref(), Some("a"));
         // The id reused in container a: events before its reuse stay b's.
-        r.forked(100, 4242, 30);
+        r.forked(100, 4242, 30, None);
         assert_eq!(id(&r, 4242, 31).as_deref(), Some("a"));
         assert_eq!(id(&r, 4242, 15).as_deref(), Some("b"));
         assert_eq!(id(&r, 4242, 25), None, "not alive then");
         // A cycle of forks ends the walk instead of looping.
-        r.forked(5001, 5000, 1);
-        r.forked(5000, 5001, 1);
+        r.forked(5001, 5000, 1, None);
+        r.forked(5000, 5001, 1, None);
         assert_eq!(id(&r, 5000, 2), None);
     }
 }
