@@ -1,9 +1,14 @@
-//! Node-wide counters and the Prometheus text rendering of `/metrics`. Counters are plain
-//! atomics bumped where things happen; gauges are read from their owners at scrape time.
+//! Node-wide counters and the exposition of `/metrics` (OpenMetrics text, through the
+//! `prometheus-client` crate). Counters are atomics bumped where things happen; gauges are read
+//! from their owners at scrape time.
 
-use std::{
-    fmt::Write,
-    sync::atomic::{AtomicU64, Ordering},
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{text::encode, DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
 };
 
 /// Counters of the event pipeline and the exporter, over every session this daemon ran.
@@ -25,9 +30,9 @@ pub struct Metrics {
     pub exported_spans: AtomicU64,
     /// Spans that could not be exported.
     pub export_spans_dropped: AtomicU64,
-    /// Export requests sent (each attempt).
-    pub export_requests: AtomicU64,
-    /// Export requests that failed.
+    /// Export requests (attempts) that succeeded.
+    pub export_request_successes: AtomicU64,
+    /// Export requests (attempts) that failed.
     pub export_request_failures: AtomicU64,
 }
 
@@ -38,7 +43,11 @@ pub struct RegistryCounters {
     pub hook_created: AtomicU64,
     /// See above.
     pub hook_stopped: AtomicU64,
-    /// Hook messages refused (malformed, invalid, dead pid).
+    /// `created` messages refused (invalid, dead or reused pid, not a container).
+    pub hook_created_refused: AtomicU64,
+    /// `stopped` messages refused (the init still runs).
+    pub hook_stopped_refused: AtomicU64,
+    /// Messages refused before their event was known (malformed, too large, too slow).
     pub hook_refused: AtomicU64,
     /// Spooled events applied at replay.
     pub spool_applied: AtomicU64,
@@ -68,109 +77,130 @@ pub struct Gauges {
     pub exit_watcher_up: bool,
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP container_tracer_{name} {help}");
-    let _ = writeln!(out, "# TYPE container_tracer_{name} {kind}");
-    for (labels, v) in samples {
-        if labels.is_empty() {
-            let _ = writeln!(out, "container_tracer_{name} {v}");
-        } else {
-            let _ = writeln!(out, "container_tracer_{name}{{{labels}}} {v}");
+/// One scrape's values, encoded by `prometheus-client`. Every counter is a single atomic that
+/// only grows (nothing is derived by subtraction, which could go down between two reads), and
+/// the series of one metric all have the same label names.
+#[derive(Debug)]
+struct Scrape {
+    counters: Vec<(&'static str, &'static str, Vec<Series>)>,
+    gauges: Vec<(&'static str, &'static str, u64)>,
+}
+
+/// One series of a counter: up to two labels (unused ones have an empty name), and the value.
+type Series = ([(&'static str, &'static str); 2], u64);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in &self.gauges {
+            encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(value)?;
         }
+        for (name, help, series) in &self.counters {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, value) in series {
+                // An unlabelled counter is one series with no label (the names are empty).
+                let labels: Vec<(&str, &str)> = labels.iter().filter(|(k, _)| !k.is_empty()).copied().collect();
+                if labels.is_empty() {
+                    metric.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+                } else {
+                    metric.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-/// The Prometheus text exposition (version 0.0.4) of everything.
+/// The highest kernel overrun total reported so far: finished runs' overruns are added when a
+/// run stops, live ones are read at scrape time, and a scrape between the two must not make
+/// the counter go down.
+static OVERRUNS_REPORTED: AtomicU64 = AtomicU64::new(0);
+
+/// The OpenMetrics text exposition of everything (what Prometheus scrapes).
 pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut o = String::with_capacity(4096);
-    metric(&mut o, "registered_containers", "gauge", "Containers in the live registry.", &[("", g.containers)]);
-    metric(
-        &mut o,
-        "exit_watcher_up",
-        "gauge",
-        "1 while the thread that sees container inits exit runs; 0 means exits are seen at poststop only.",
-        &[("", u64::from(g.exit_watcher_up))],
-    );
-    metric(&mut o, "sessions", "gauge", "Trace sessions.", &[("", g.sessions)]);
-    metric(&mut o, "sessions_running", "gauge", "Running trace sessions.", &[("", g.sessions_running)]);
-    metric(&mut o, "events_read_total", "counter", "Kernel events read from ftrace.", &[("", l(&m.events_read))]);
-    metric(
-        &mut o,
-        "kernel_overruns_total",
-        "counter",
-        "Events the kernel overwrote before they were read.",
-        &[("", l(&m.events_lost_kernel) + g.live_overrun)],
-    );
-    metric(
-        &mut o,
-        "stream_dropped_events_total",
-        "counter",
-        "Events a following events stream missed for being too slow.",
-        &[("", l(&m.events_dropped_streams))],
-    );
-    metric(
-        &mut o,
-        "export_enabled",
-        "gauge",
-        "1 when OTLP export is configured.",
-        &[("", u64::from(g.export_enabled))],
-    );
-    metric(&mut o, "export_queue_events", "gauge", "Events waiting for OTLP export.", &[("", l(&m.export_queue))]);
-    metric(
-        &mut o,
-        "exported_records_total",
-        "counter",
-        "Records exported over OTLP.",
-        &[("signal=\"events\"", l(&m.exported_events)), ("signal=\"spans\"", l(&m.exported_spans))],
-    );
-    metric(
-        &mut o,
-        "export_dropped_records_total",
-        "counter",
-        "Records dropped by the exporter (queue full, collector down or refusing).",
-        &[("signal=\"events\"", l(&m.export_dropped)), ("signal=\"spans\"", l(&m.export_spans_dropped))],
-    );
-    metric(
-        &mut o,
-        "export_requests_total",
-        "counter",
-        "OTLP export requests, by outcome.",
-        &[
-            ("result=\"ok\"", l(&m.export_requests).saturating_sub(l(&m.export_request_failures))),
-            ("result=\"failed\"", l(&m.export_request_failures)),
+    const NONE: [(&str, &str); 2] = [("", ""), ("", "")];
+    let one = |v: u64| vec![(NONE, v)];
+    let overruns = OVERRUNS_REPORTED
+        .fetch_max(l(&m.events_lost_kernel) + g.live_overrun, Ordering::Relaxed)
+        .max(l(&m.events_lost_kernel) + g.live_overrun);
+    let scrape = Scrape {
+        gauges: vec![
+            ("registered_containers", "Containers in the live registry.", g.containers),
+            (
+                "exit_watcher_up",
+                "1 while the thread that sees container inits exit runs; 0 means exits are seen at poststop only.",
+                u64::from(g.exit_watcher_up),
+            ),
+            ("sessions", "Trace sessions.", g.sessions),
+            ("sessions_running", "Running trace sessions.", g.sessions_running),
+            ("export_enabled", "1 when OTLP export is configured.", u64::from(g.export_enabled)),
+            ("export_queue_events", "Events waiting for OTLP export.", l(&m.export_queue)),
         ],
-    );
-    metric(
-        &mut o,
-        "hook_deliveries_total",
-        "counter",
-        "Runtime hook messages received on the registry socket, by outcome.",
-        &[
-            ("event=\"created\",result=\"applied\"", l(&r.hook_created)),
-            ("event=\"stopped\",result=\"applied\"", l(&r.hook_stopped)),
-            ("result=\"refused\"", l(&r.hook_refused)),
+        counters: vec![
+            ("events_read", "Kernel events read from ftrace.", one(l(&m.events_read))),
+            ("kernel_overruns", "Events the kernel overwrote before they were read.", one(overruns)),
+            (
+                "stream_dropped_events",
+                "Events a following events stream missed for being too slow.",
+                one(l(&m.events_dropped_streams)),
+            ),
+            (
+                "exported_records",
+                "Records exported over OTLP.",
+                vec![
+                    ([("signal", "events"), ("", "")], l(&m.exported_events)),
+                    ([("signal", "spans"), ("", "")], l(&m.exported_spans)),
+                ],
+            ),
+            (
+                "export_dropped_records",
+                "Records dropped by the exporter (queue full, collector down or refusing).",
+                vec![
+                    ([("signal", "events"), ("", "")], l(&m.export_dropped)),
+                    ([("signal", "spans"), ("", "")], l(&m.export_spans_dropped)),
+                ],
+            ),
+            (
+                "export_requests",
+                "OTLP export requests (each attempt), by outcome.",
+                vec![
+                    ([("result", "ok"), ("", "")], l(&m.export_request_successes)),
+                    ([("result", "failed"), ("", "")], l(&m.export_request_failures)),
+                ],
+            ),
+            (
+                "hook_deliveries",
+                "Runtime hook messages received on the registry socket, by event and outcome.",
+                vec![
+                    ([("event", "created"), ("result", "applied")], l(&r.hook_created)),
+                    ([("event", "stopped"), ("result", "applied")], l(&r.hook_stopped)),
+                    ([("event", "created"), ("result", "refused")], l(&r.hook_created_refused)),
+                    ([("event", "stopped"), ("result", "refused")], l(&r.hook_stopped_refused)),
+                    ([("event", "unknown"), ("result", "refused")], l(&r.hook_refused)),
+                ],
+            ),
+            (
+                "spool_replays",
+                "Spooled hook events replayed, by outcome.",
+                vec![
+                    ([("result", "applied"), ("", "")], l(&r.spool_applied)),
+                    ([("result", "stale"), ("", "")], l(&r.spool_refused)),
+                    ([("result", "unreadable"), ("", "")], l(&r.spool_unreadable)),
+                ],
+            ),
+            (
+                "late_attachments",
+                "New containers whose hook was answered before they were attached to every running session.",
+                one(l(&r.attach_late)),
+            ),
         ],
-    );
-    metric(
-        &mut o,
-        "spool_replays_total",
-        "counter",
-        "Spooled hook events replayed, by outcome.",
-        &[
-            ("result=\"applied\"", l(&r.spool_applied)),
-            ("result=\"stale\"", l(&r.spool_refused)),
-            ("result=\"unreadable\"", l(&r.spool_unreadable)),
-        ],
-    );
-    metric(
-        &mut o,
-        "late_attachments_total",
-        "counter",
-        "New containers whose hook was answered before they were attached to every running session.",
-        &[("", l(&r.attach_late))],
-    );
-    o
+    };
+    let mut registry = Registry::with_prefix("container_tracer");
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::with_capacity(4096);
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
 }
 
 #[cfg(test)]
@@ -178,21 +208,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_openmetrics_text_with_one_label_set_per_metric() {
         let m = Metrics::default();
         m.events_read.store(5, Ordering::Relaxed);
+        m.export_request_successes.store(7, Ordering::Relaxed);
         let r = RegistryCounters::default();
         r.hook_created.store(2, Ordering::Relaxed);
         let text = render(&m, &r, &Gauges { containers: 3, live_overrun: 4, ..Gauges::default() });
-        assert!(
-            text.contains("# TYPE container_tracer_events_read_total counter\ncontainer_tracer_events_read_total 5\n")
-        );
-        assert!(text.contains("container_tracer_registered_containers 3\n"));
-        assert!(text.contains("container_tracer_kernel_overruns_total 4\n"));
+        assert!(text.contains("# TYPE container_tracer_events_read counter\n"), "{text}");
+        assert!(text.contains("\ncontainer_tracer_events_read_total 5\n"), "{text}");
+        assert!(text.contains("\ncontainer_tracer_registered_containers 3\n"), "{text}");
+        assert!(text.contains("\ncontainer_tracer_kernel_overruns_total 4\n"), "{text}");
         assert!(text.contains("container_tracer_hook_deliveries_total{event=\"created\",result=\"applied\"} 2\n"));
+        assert!(text.contains("container_tracer_export_requests_total{result=\"ok\"} 7\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').expect("name value");
             v.parse::<u64>().expect("numeric value");
         }
+        // The kernel overrun counter never goes down, even if a scrape sees a run's overrun both
+        // live and finished, and the next one only finished.
+        let again = render(&m, &r, &Gauges::default());
+        assert!(again.contains("\ncontainer_tracer_kernel_overruns_total 4\n"), "{again}");
     }
 }

@@ -88,7 +88,7 @@ async fn readyz_reflects_start_up_state() {
 }
 
 #[tokio::test]
-async fn metrics_are_prometheus_text_with_the_registry_counts() {
+async fn metrics_are_openmetrics_text_with_the_registry_counts() {
     let reg = registry(None);
     let app = state(reg.clone());
     let live = Proc::spawn();
@@ -97,11 +97,16 @@ async fn metrics_are_prometheus_text_with_the_registry_counts() {
         router(app).oneshot(Request::get("/metrics").body(Body::empty()).expect("request")).await.expect("response");
     assert_eq!(resp.status().as_u16(), 200);
     let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    assert!(ctype.starts_with("application/openmetrics-text; version=1.0.0"), "{ctype}");
     let text = String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8");
     assert!(text.contains("\ncontainer_tracer_registered_containers 1\n"), "{text}");
     assert!(text.contains("\ncontainer_tracer_sessions_running 0\n"), "{text}");
     assert!(text.contains("\ncontainer_tracer_export_enabled 0\n"), "{text}");
+    assert!(
+        text.contains("container_tracer_hook_deliveries_total{event=\"created\",result=\"applied\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
 }
 
 async fn send(app: &AppState, method: &str, path: &str) -> (u16, Option<String>, Value) {

@@ -78,7 +78,7 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         exit_watcher_up: state.registry.exit_watcher_alive(),
     };
     let text = crate::metrics::render(state.sessions.metrics(), &state.registry.counters, &gauges);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
 }
 
 async fn healthz() -> Json<Value> {

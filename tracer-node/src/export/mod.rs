@@ -675,9 +675,11 @@ where
 {
     let mut backoff = Duration::from_millis(200);
     loop {
-        metrics.export_requests.fetch_add(1, Ordering::Relaxed);
         match attempt().await {
-            Ok(rejected) => return Ok(rejected),
+            Ok(rejected) => {
+                metrics.export_request_successes.fetch_add(1, Ordering::Relaxed);
+                return Ok(rejected);
+            }
             Err(e) => {
                 metrics.export_request_failures.fetch_add(1, Ordering::Relaxed);
                 let wait = e.retry_after.unwrap_or(backoff).min(Duration::from_secs(30));

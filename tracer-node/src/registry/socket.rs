@@ -112,33 +112,42 @@ async fn handle(
     let (read, mut write) = stream.split();
     let mut reader = BufReader::new(read.take(MAX_MESSAGE_BYTES as u64 + 1));
     let mut line = Vec::with_capacity(1024);
+    let unreadable = |error: String| {
+        registry.counters.hook_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        refuse(error)
+    };
     let reply = match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => refuse("no complete message within 5 s".into()),
-        Ok(Err(e)) => refuse(format!("read failed: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_MESSAGE_BYTES => refuse(format!("message larger than {MAX_MESSAGE_BYTES} bytes")),
+        Err(_) => unreadable("no complete message within 5 s".into()),
+        Ok(Err(e)) => unreadable(format!("read failed: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_MESSAGE_BYTES => {
+            unreadable(format!("message larger than {MAX_MESSAGE_BYTES} bytes"))
+        }
         Ok(Ok(_)) => match serde_json::from_slice::<RegistryEvent>(&line) {
-            Err(e) => refuse(format!("malformed message: {e}")),
+            Err(e) => unreadable(format!("malformed message: {e}")),
             Ok(event) => {
                 let id = event.container_id().to_owned();
                 let kind = event.kind();
+                let c = &registry.counters;
+                let (applied_counter, refused_counter) = if kind == "created" {
+                    (&c.hook_created, &c.hook_created_refused)
+                } else {
+                    (&c.hook_stopped, &c.hook_stopped_refused)
+                };
                 match apply(registry, event, applying, attach_budget).await {
                     Ok(applied) => {
-                        let counter = if kind == "created" {
-                            &registry.counters.hook_created
-                        } else {
-                            &registry.counters.hook_stopped
-                        };
-                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        applied_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         debug!(container_id = %id, event = kind, ?applied, "hook event applied");
                         HookReply { ok: true, error: None }
                     }
-                    Err(e) => refuse(e.to_string()),
+                    Err(e) => {
+                        refused_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        refuse(e.to_string())
+                    }
                 }
             }
         },
     };
     if let Some(error) = &reply.error {
-        registry.counters.hook_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         warn!(reason = %error, "registry socket: event refused");
     }
     let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
