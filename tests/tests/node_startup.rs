@@ -35,6 +35,10 @@ fn bad_configuration_exits_64_before_binding_anything() {
         vec!["--state-dir", "relative/state"],
         vec!["--address", "not-an-address"],
         vec!["--procfs-path", "/nonexistent-proc"],
+        // Other hosts may reach it: an auth mode or an explicit opt-out is required.
+        vec!["--address", "0.0.0.0:0"],
+        vec!["--auth-token-file", "/nonexistent/tokens"],
+        vec!["--auth-token-file", "/etc/hostname-tokens", "--insecure-no-auth"],
     ] {
         let out = Command::new(binary("tracer-node"))
             .args(&args)
@@ -46,6 +50,9 @@ fn bad_configuration_exits_64_before_binding_anything() {
         assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
         assert!(!stderr.is_empty() && !stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(!dir.path().join("s.sock").exists());
+        if args[1] == "0.0.0.0:0" {
+            assert!(stderr.contains("--auth-token-file") && stderr.contains("--insecure-no-auth"), "{stderr}");
+        }
     }
 }
 

@@ -12,8 +12,22 @@ use tracer_api::hook::{DEFAULT_SOCKET, DEFAULT_SPOOL_DIR};
 #[command(name = "tracer-node", version)]
 pub struct Config {
     /// Address of the REST API: `HOST:PORT`, or `:PORT` for every interface.
-    #[arg(long, env = "TRACER_API_ADDRESS", default_value = ":8080", value_parser = parse_address)]
+    #[arg(long, env = "TRACER_API_ADDRESS", default_value = "127.0.0.1:8080", value_parser = parse_address)]
     pub address: SocketAddr,
+
+    /// Bearer tokens, one per line, that the API accepts; the file is reloaded when it
+    /// changes. `/healthz` and `/readyz` stay open.
+    #[arg(long, env = "TRACER_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address with no authentication at all (the API streams every
+    /// system call of every container): logged as a warning at start-up and shown by `/readyz`.
+    #[arg(long, env = "TRACER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Require authentication for `/metrics` too (it is open by default, like `/healthz`).
+    #[arg(long, env = "TRACER_AUTH_METRICS")]
+    pub auth_metrics: bool,
 
     /// Name of this node in answers (defaults to the hostname).
     #[arg(long, env = "TRACER_NODE_NAME")]
@@ -97,6 +111,14 @@ pub enum ConfigError {
     /// The node name is empty or has characters that do not belong in a name.
     #[error("--node-name {0:?} is not a valid node name")]
     NodeName(String),
+    /// A non-loopback address with no authentication, not explicitly asked for.
+    #[error(
+        "--address {0} is reachable from other hosts: give --auth-token-file FILE, or --insecure-no-auth to serve every container's trace to anyone who can connect"
+    )]
+    Unauthenticated(SocketAddr),
+    /// Both an auth mode and `--insecure-no-auth`.
+    #[error("--insecure-no-auth contradicts --auth-token-file: choose one")]
+    AuthContradiction,
     /// An export setting is unusable.
     #[error(transparent)]
     Export(#[from] crate::export::ExportConfigError),
@@ -121,6 +143,17 @@ impl Config {
         }
         if !self.procfs_path.join("self/stat").exists() {
             return Err(ConfigError::NotProcfs(self.procfs_path.clone()));
+        }
+        if let Some(path) = &self.auth_token_file {
+            if !path.is_absolute() {
+                return Err(ConfigError::RelativePath { flag: "auth-token-file", path: path.clone() });
+            }
+            if self.insecure_no_auth {
+                return Err(ConfigError::AuthContradiction);
+            }
+        }
+        if self.auth_token_file.is_none() && !self.insecure_no_auth && !self.address.ip().is_loopback() {
+            return Err(ConfigError::Unauthenticated(self.address));
         }
         let p = &self.instance_prefix;
         if p.is_empty()
@@ -153,6 +186,22 @@ mod tests {
         assert_eq!(parse_address(":8080").expect("ok"), "0.0.0.0:8080".parse::<SocketAddr>().expect("addr"));
         assert_eq!(parse_address("127.0.0.1:9").expect("ok").port(), 9);
         assert!(parse_address("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_auth_or_an_explicit_opt_out() {
+        let c = Config::parse_from(["tracer-node"]);
+        assert!(c.address.ip().is_loopback(), "the default listens on loopback only");
+        let c = Config::parse_from(["tracer-node", "--address", ":8080"]);
+        assert!(matches!(c.validate(), Err(ConfigError::Unauthenticated(_))));
+        Config::parse_from(["tracer-node", "--address", ":8080", "--insecure-no-auth"]).validate().expect("opt-out");
+        Config::parse_from(["tracer-node", "--address", ":8080", "--auth-token-file", "/etc/tokens"])
+            .validate()
+            .expect("token file");
+        let both = Config::parse_from(["tracer-node", "--auth-token-file", "/t", "--insecure-no-auth"]);
+        assert!(matches!(both.validate(), Err(ConfigError::AuthContradiction)));
+        let relative = Config::parse_from(["tracer-node", "--auth-token-file", "tokens"]);
+        assert!(matches!(relative.validate(), Err(ConfigError::RelativePath { flag: "auth-token-file", .. })));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::{atomic::AtomicBool, Arc};
 pub use api::{router, AppState};
 pub use config::Config;
 use registry::{procfs::Procfs, socket, spool, store::Store, Registry};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,9 @@ pub enum RunError {
     /// The spool directory is unusable.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    /// The token file is unusable.
+    #[error(transparent)]
+    Auth(#[from] tracer_auth::TokenFileError),
     /// The OTLP exporter could not be set up.
     #[error(transparent)]
     Export(#[from] export::transport::TransportError),
@@ -62,13 +65,18 @@ pub enum RunError {
 impl RunError {
     /// Whether the error is the operator's configuration (exit 64) rather than the host.
     pub fn is_config(&self) -> bool {
-        matches!(self, RunError::Config(_) | RunError::Export(_))
+        matches!(self, RunError::Config(_) | RunError::Export(_) | RunError::Auth(_))
     }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), RunError> {
     config.validate()?;
+    // A token file that cannot be used is a configuration error, found before anything is touched.
+    let auth = match &config.auth_token_file {
+        Some(path) => api::auth::Auth::Tokens(tracer_auth::TokenFile::open(path)?),
+        None => api::auth::Auth::Open,
+    };
     caps::check()?;
     // Before anything is touched: a second daemon must fail here, not after it has replaced the
     // first one's socket or removed its ftrace instances as stale.
@@ -134,8 +142,24 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         })??
     };
 
+    let token_watch = match &auth {
+        api::auth::Auth::Tokens(t) => Some(t.watch()),
+        api::auth::Auth::Open => None,
+    };
+    let insecure = matches!(auth, api::auth::Auth::Open) && !config.address.ip().is_loopback();
+    if insecure {
+        warn!(address = %config.address, "{}", api::INSECURE_WARNING);
+    }
+    let policy = Arc::new(api::auth::AuthPolicy { auth, protect_metrics: config.auth_metrics });
     let ready = Arc::new(AtomicBool::new(false));
-    let state = AppState { registry: registry.clone(), sessions: sessions.clone(), node_name, ready: ready.clone() };
+    let state = AppState {
+        registry: registry.clone(),
+        sessions: sessions.clone(),
+        node_name,
+        ready: ready.clone(),
+        auth: policy,
+        insecure,
+    };
     let address = config.address;
     let http = tokio::net::TcpListener::bind(address).await.map_err(|source| RunError::Serve { address, source })?;
     ready.store(true, std::sync::atomic::Ordering::Release);
@@ -144,6 +168,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     socket_task.abort();
     spool_task.abort();
+    if let Some(t) = token_watch {
+        t.abort();
+    }
     // Leave no instance behind: stop every session (their readers drain) and remove them.
     if let Err(e) = sessions.delete_all().await {
         tracing::warn!(error = %e, "cleaning up sessions at shutdown failed");

@@ -18,7 +18,14 @@ fn state(reg: Arc<tracer_node::registry::Registry>) -> AppState {
     let catalog = Arc::new(tracer_node::hooks::Catalog::new(tracefs.clone(), Vec::new()));
     let sessions =
         tracer_node::sessions::SessionManager::new("node-a".into(), tracefs, catalog, reg.clone(), Default::default());
-    AppState { registry: reg, sessions, node_name: "node-a".into(), ready: Arc::new(AtomicBool::new(true)) }
+    AppState {
+        registry: reg,
+        sessions,
+        node_name: "node-a".into(),
+        ready: Arc::new(AtomicBool::new(true)),
+        auth: Arc::default(),
+        insecure: false,
+    }
 }
 
 async fn get(app: &AppState, path: &str) -> (u16, Option<String>, Value) {

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The request URI is too long.
     #[error("request URI longer than {0} bytes")]
     UriTooLong(usize),
+    /// No valid credentials (401).
+    #[error(transparent)]
+    Unauthenticated(#[from] tracer_auth::Unauthenticated),
     /// A fault of ours: logged with details, answered without them.
     #[error("internal error: {0}")]
     Internal(String),
@@ -39,6 +42,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             e @ ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, e.to_string()),
+            ApiError::Unauthenticated(why) => (StatusCode::UNAUTHORIZED, why.to_string()),
             ApiError::Internal(detail) => {
                 error!(%detail, "internal error answering a request");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error, see the tracer-node log".to_owned())

@@ -1,5 +1,6 @@
 //! The v1 REST API of tracer-node (see `docs/api.md`) plus health endpoints.
 
+pub mod auth;
 pub mod error;
 pub mod pods;
 pub mod sessions;
@@ -21,6 +22,10 @@ use tracing::instrument;
 pub use self::error::ApiError;
 use crate::{registry::Registry, sessions::SessionManager};
 
+/// What `--insecure-no-auth` on a non-loopback address means, at start-up and on `/readyz`.
+pub const INSECURE_WARNING: &str =
+    "the API is served to other hosts with no authentication (--insecure-no-auth): anyone who can connect can trace every container";
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -32,6 +37,10 @@ pub struct AppState {
     pub node_name: String,
     /// Set once the registry is loaded, the socket bound and the spool replayed.
     pub ready: Arc<AtomicBool>,
+    /// Who may call the API.
+    pub auth: Arc<auth::AuthPolicy>,
+    /// Set when a non-loopback address is served with `--insecure-no-auth`: `/readyz` says so.
+    pub insecure: bool,
 }
 
 /// The API router; tests drive it with `tower::ServiceExt::oneshot`, no socket needed.
@@ -51,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(sessions::MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::authenticate))
         .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }
@@ -94,7 +104,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         );
     }
     if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, Json(json!({"Node": state.node_name, "Containers": state.registry.len()})))
+        let mut body = json!({"Node": state.node_name, "Containers": state.registry.len()});
+        if state.insecure {
+            body["Warning"] = json!(INSECURE_WARNING);
+        }
+        (StatusCode::OK, Json(body))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"Error": "starting: registry not loaded yet"})))
     }
