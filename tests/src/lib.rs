@@ -243,7 +243,12 @@ impl Node {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(resp) = agent().get(&format!("{}/readyz", self.url)).call() {
+            if self.extra.iter().any(|a| a == "--tls-cert") {
+                // Over TLS the plain client cannot ask /readyz; the port is bound once ready.
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return Ok(());
+                }
+            } else if let Ok(resp) = agent().get(&format!("{}/readyz", self.url)).call() {
                 if resp.status() == 200 {
                     return Ok(());
                 }
@@ -254,6 +259,11 @@ impl Node {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("tracer-node not ready within 20 s:\n{}", self.log())
+    }
+
+    /// The API port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The daemon's pid.

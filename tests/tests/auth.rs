@@ -38,3 +38,75 @@ fn a_token_file_guards_the_api_and_a_rotation_takes_effect_while_running() {
     assert_eq!(status(&node, "/v1/pods", Some("first-token")), 401, "the old one no longer does");
     assert!(!node.log().contains("first-token") && !node.log().contains("second-token"), "tokens are never logged");
 }
+
+/// GET `path` over TLS with a real rustls client trusting `cas`; answers the HTTP status and
+/// the leaf certificate the server presented.
+fn https_get(port: u16, cas: &[&std::path::Path], path: &str, token: &str) -> (u16, Vec<u8>) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(CertificateDer::from_pem_file(ca).expect("CA")).expect("root");
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut answer = Vec::new();
+    // A server closing without close_notify is an error after the data: the data is kept.
+    let _ = tls.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let leaf = tls.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    (status, leaf)
+}
+
+#[test]
+fn the_api_over_tls_serves_a_renewed_certificate_without_a_restart() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    if !require(&["openssl"]) {
+        return;
+    }
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (ca1, cert1, key1) = e2e::test_certificates(a.path()).expect("certificates");
+    let (ca2, cert2, key2) = e2e::test_certificates(b.path()).expect("certificates");
+    let live = a.path().join("live");
+    std::fs::create_dir(&live).expect("dir");
+    let (cert, key) = (live.join("tls.crt"), live.join("tls.key"));
+    std::fs::copy(&cert1, &cert).expect("cert");
+    std::fs::copy(&key1, &key).expect("key");
+    let tokens = a.path().join("tokens");
+    std::fs::write(&tokens, "tls-token\n").expect("tokens");
+    let path = |p: &std::path::Path| p.to_str().expect("utf8").to_owned();
+    let node =
+        Node::start_with(&["--tls-cert", &path(&cert), "--tls-key", &path(&key), "--auth-token-file", &path(&tokens)])
+            .expect("tracer-node over TLS");
+    let port = node.port();
+    let der = |p: &std::path::Path| CertificateDer::from_pem_file(p).expect("cert").to_vec();
+    let (status, leaf) = https_get(port, &[&ca1], "/v1/pods", "tls-token");
+    assert_eq!((status, &leaf), (200, &der(&cert1)), "the API over TLS, with the first certificate");
+    assert_eq!(https_get(port, &[&ca1], "/v1/pods", "wrong").0, 401);
+    assert!(
+        agent().get(&format!("http://127.0.0.1:{port}/healthz")).call().is_err(),
+        "plain HTTP gets no answer from the TLS port"
+    );
+    // A renewal (written aside and renamed over, key first then certificate).
+    std::fs::copy(&key2, live.join("k.new")).expect("key");
+    std::fs::copy(&cert2, live.join("c.new")).expect("cert");
+    std::fs::rename(live.join("k.new"), &key).expect("rotate key");
+    std::fs::rename(live.join("c.new"), &cert).expect("rotate cert");
+    assert!(
+        wait_until(Duration::from_secs(10), || https_get(port, &[&ca1, &ca2], "/healthz", "").1 == der(&cert2)),
+        "the renewed certificate is served without a restart"
+    );
+    assert_eq!(https_get(port, &[&ca2], "/v1/pods", "tls-token").0, 200);
+}

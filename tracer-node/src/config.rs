@@ -29,6 +29,15 @@ pub struct Config {
     #[arg(long, env = "TRACER_AUTH_METRICS")]
     pub auth_metrics: bool,
 
+    /// Serve the API over TLS with this certificate chain (PEM, leaf first); reloaded when it
+    /// changes. Needs `--tls-key`.
+    #[arg(long, env = "TRACER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "TRACER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Name of this node in answers (defaults to the hostname).
     #[arg(long, env = "TRACER_NODE_NAME")]
     pub node_name: Option<String>,
@@ -136,6 +145,8 @@ impl Config {
         ]
         .into_iter()
         .chain(self.trace_hooks.as_ref().map(|p| ("trace-hooks", p)))
+        .chain(self.tls_cert.as_ref().map(|p| ("tls-cert", p)))
+        .chain(self.tls_key.as_ref().map(|p| ("tls-key", p)))
         {
             if !path.is_absolute() {
                 return Err(ConfigError::RelativePath { flag, path: path.clone() });

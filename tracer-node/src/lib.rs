@@ -45,6 +45,9 @@ pub enum RunError {
     /// The spool directory is unusable.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tracer_tls::TlsError),
     /// The token file is unusable.
     #[error(transparent)]
     Auth(#[from] tracer_auth::TokenFileError),
@@ -65,7 +68,7 @@ pub enum RunError {
 impl RunError {
     /// Whether the error is the operator's configuration (exit 64) rather than the host.
     pub fn is_config(&self) -> bool {
-        matches!(self, RunError::Config(_) | RunError::Export(_) | RunError::Auth(_))
+        matches!(self, RunError::Config(_) | RunError::Export(_) | RunError::Auth(_) | RunError::Tls(_))
     }
 }
 
@@ -76,6 +79,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let auth = match &config.auth_token_file {
         Some(path) => api::auth::Auth::Tokens(tracer_auth::TokenFile::open(path)?),
         None => api::auth::Auth::Open,
+    };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tracer_tls::ReloadingCert::open(cert, key)?),
+        _ => None,
     };
     caps::check()?;
     // Before anything is touched: a second daemon must fail here, not after it has replaced the
@@ -150,6 +157,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if insecure {
         warn!(address = %config.address, "{}", api::INSECURE_WARNING);
     }
+    if tls.is_none() && !matches!(auth, api::auth::Auth::Open) && !config.address.ip().is_loopback() {
+        warn!(address = %config.address, "bearer tokens cross the network in clear text: give --tls-cert and --tls-key");
+    }
     let policy = Arc::new(api::auth::AuthPolicy { auth, protect_metrics: config.auth_metrics });
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -163,8 +173,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let address = config.address;
     let http = tokio::net::TcpListener::bind(address).await.map_err(|source| RunError::Serve { address, source })?;
     ready.store(true, std::sync::atomic::Ordering::Release);
-    info!(%address, registry_socket = %config.registry_socket.display(), containers = registry.len(), "ready");
-    let served = axum::serve(http, router(state)).with_graceful_shutdown(shutdown_signal()).await;
+    info!(
+        %address, tls = tls.is_some(), registry_socket = %config.registry_socket.display(),
+        containers = registry.len(), "ready"
+    );
+    let cert_watch = tls.as_ref().map(|c| c.watch());
+    let served = match &tls {
+        Some(cert) => {
+            let listener = tracer_tls::TlsListener::new(http, cert.server_config()?)
+                .map_err(|source| RunError::Serve { address, source })?;
+            axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await
+        }
+        None => axum::serve(http, router(state)).with_graceful_shutdown(shutdown_signal()).await,
+    };
+    if let Some(t) = cert_watch {
+        t.abort();
+    }
 
     socket_task.abort();
     spool_task.abort();
