@@ -44,10 +44,12 @@ pub enum TlsError {
 }
 
 /// What identifies a version of the two files (through symlinks, as Secret volumes use).
-type Stamp = [(Option<SystemTime>, u64); 2];
+type Stamp = [(Option<SystemTime>, u64, u64); 2];
 
 fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
-    let one = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    use std::os::unix::fs::MetadataExt;
+    // Followed through symlinks: a Secret volume swaps its `..data` link, the paths stay.
+    let one = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len(), m.ino()));
     Some([one(cert)?, one(key)?])
 }
 
@@ -185,6 +187,38 @@ mod tests {
         std::fs::write(&cert, "garbage").expect("write");
         c.reload_if_changed();
         assert_ne!(c.current().cert[0], first, "still the renewed one");
+    }
+
+    /// A Secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>`, renewed by
+    /// pointing `..data` at a new directory in one rename.
+    #[test]
+    fn a_secret_volume_swap_is_picked_up() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = dir.path();
+        let gen = |n: &str| {
+            let d = v.join(format!("..{n}"));
+            std::fs::create_dir(&d).expect("dir");
+            let (c, k) = self_signed(&d, "pair");
+            std::fs::rename(c, d.join("tls.crt")).expect("crt");
+            std::fs::rename(k, d.join("tls.key")).expect("key");
+        };
+        gen("2026_01");
+        symlink("..2026_01", v.join("..data")).expect("link");
+        symlink("..data/tls.crt", v.join("tls.crt")).expect("link");
+        symlink("..data/tls.key", v.join("tls.key")).expect("link");
+        let c = ReloadingCert::open(&v.join("tls.crt"), &v.join("tls.key")).expect("open");
+        let first = c.current().cert[0].clone();
+        for (n, old) in [("2026_02", "2026_01"), ("2026_03", "2026_02")] {
+            gen(n);
+            symlink(format!("..{n}"), v.join("..data_tmp")).expect("link");
+            std::fs::rename(v.join("..data_tmp"), v.join("..data")).expect("swap");
+            std::fs::remove_dir_all(v.join(format!("..{old}"))).expect("old");
+            let before = c.current().cert[0].clone();
+            c.reload_if_changed();
+            assert_ne!(c.current().cert[0], before, "swap to {n} picked up");
+        }
+        assert_ne!(c.current().cert[0], first);
     }
 
     #[test]
