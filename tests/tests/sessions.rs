@@ -556,7 +556,7 @@ fn a_container_created_under_forty_running_sessions_is_answered_in_time_and_atta
     if !require(&["runc"]) {
         return;
     }
-    let node = Node::start().expect("tracer-node");
+    let node = Node::start_with(&["--max-running-sessions", "40"]).expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let prefix = unique("many");
     // Every session traces a container already: each new pid filter write then replaces a
@@ -617,4 +617,46 @@ fn a_container_created_under_forty_running_sessions_is_answered_in_time_and_atta
     assert!(first_exec >= 1, "the sessions attached within the budget see the first exec");
     let _ = rt.delete(&id);
     rt.delete(&old).expect("delete");
+}
+
+/// Sessions, running sessions and the kernel memory of their ring buffers are bounded; past a
+/// bound the answer is a 429 naming the flag, and a place freed can be taken again.
+#[test]
+fn session_limits_answer_429_naming_the_flag_and_free_places_are_taken_again() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let node = Node::start_with(&["--max-sessions", "3", "--max-running-sessions", "2"]).expect("tracer-node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("limits");
+    let (cid, _) = looping_container(&node, &rt, &pod, LOOP_SCRIPT);
+    let body = json!({"pod": pod, "container": "*", "trace-hook": "trace_exec"}).to_string();
+    let ids: Vec<String> =
+        (0..3).map(|_| node.create_session(&serde_json::from_str(&body).expect("json")).expect("create")).collect();
+    let (status, v) = node.call("POST", "/v1/trace-session", Some(&body)).expect("post");
+    assert_eq!(status, 429, "{v}");
+    assert!(v["Error"].as_str().is_some_and(|e| e.contains("--max-sessions")), "{v}");
+    node.run_session(&ids[0], true).expect("start 1");
+    node.run_session(&ids[1], true).expect("start 2");
+    let (status, v) = node.call("PUT", &format!("/v1/trace-session/{}", ids[2]), Some(r#"{"Run":true}"#)).expect("put");
+    assert_eq!(status, 429, "{v}");
+    assert!(v["Error"].as_str().is_some_and(|e| e.contains("--max-running-sessions")), "{v}");
+    assert_eq!(node.instances().len(), 2, "the refused start made no instance");
+    node.run_session(&ids[0], false).expect("stop 1");
+    node.run_session(&ids[2], true).expect("the freed place is taken");
+    assert_eq!(node.call("DELETE", &format!("/v1/trace-session/{}", ids[1]), None).expect("delete").0, 200);
+    node.create_session(&serde_json::from_str(&body).expect("json")).expect("a deleted session frees its place");
+    assert_eq!(node.call("DELETE", "/v1/trace-session/all", None).expect("delete all").0, 200);
+
+    // Kernel memory: 2 CPUs x 1024 KiB is more than a 1 MiB budget.
+    drop(node);
+    let node = Node::start_with(&["--trace-buffer-kb", "1024", "--trace-memory-budget-mb", "1"]).expect("tracer-node");
+    let sid = node
+        .create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_exec", "wait-for-containers": true}))
+        .expect("create");
+    let (status, v) = node.call("PUT", &format!("/v1/trace-session/{sid}"), Some(r#"{"Run":true}"#)).expect("put");
+    assert_eq!(status, 429, "{v}");
+    assert!(v["Error"].as_str().is_some_and(|e| e.contains("--trace-memory-budget-mb")), "{v}");
+    assert!(node.instances().is_empty());
+    rt.delete(&cid).expect("delete");
 }

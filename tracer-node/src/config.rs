@@ -78,6 +78,22 @@ pub struct Config {
     #[arg(long, env = "TRACER_INSTANCE_PREFIX", default_value = crate::ftrace::INSTANCE_PREFIX)]
     pub instance_prefix: String,
 
+    /// Sessions (running or not) this node keeps at most; more are refused with a 429.
+    #[arg(long, env = "TRACER_MAX_SESSIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_sessions: u64,
+
+    /// Sessions running at once at most (each is an ftrace instance and a reader thread per CPU).
+    #[arg(long, env = "TRACER_MAX_RUNNING_SESSIONS", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_running_sessions: u64,
+
+    /// Kernel memory the running sessions' ring buffers may take in all, in MiB: a start that
+    /// would exceed it (`--trace-buffer-kb` x CPUs per session) is refused with a 429.
+    #[arg(long, env = "TRACER_TRACE_MEMORY_BUDGET_MB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub trace_memory_budget_mb: u64,
+
     /// Directory where the registry is persisted, so a restart keeps the live containers.
     #[arg(long, env = "TRACER_STATE_DIR", default_value = "/run/container-tracer/state")]
     pub state_dir: PathBuf,

@@ -124,6 +124,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         registry.clone(),
         sessions::Settings {
             buffer_kb: config.trace_buffer_kb,
+            max_sessions: usize::try_from(config.max_sessions).unwrap_or(usize::MAX),
+            max_running: usize::try_from(config.max_running_sessions).unwrap_or(usize::MAX),
+            memory_budget_kb: config.trace_memory_budget_mb.saturating_mul(1024),
             retention_events: usize::try_from(config.trace_retention).unwrap_or(usize::MAX),
             exporter: exporter.clone(),
             metrics,

@@ -26,6 +26,12 @@ pub enum ApiError {
     /// The request URI is too long.
     #[error("request URI longer than {0} bytes")]
     UriTooLong(usize),
+    /// A limit of the node is reached (429).
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// Not possible now, maybe later (503): the kernel is short of memory.
+    #[error("{0}")]
+    Unavailable(String),
     /// No valid credentials (401).
     #[error(transparent)]
     Unauthenticated(#[from] tracer_auth::Unauthenticated),
@@ -43,6 +49,8 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             e @ ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, e.to_string()),
             ApiError::Unauthenticated(why) => (StatusCode::UNAUTHORIZED, why.to_string()),
+            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Internal(detail) => {
                 error!(%detail, "internal error answering a request");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error, see the tracer-node log".to_owned())

@@ -39,6 +39,8 @@ impl From<SessionError> for ApiError {
             | SessionError::Hook(HookError::BadArguments(_))
             | SessionError::StartFailed { .. } => ApiError::BadRequest(e.to_string()),
             SessionError::AlreadyRunning(_) => ApiError::Conflict(e.to_string()),
+            SessionError::Limit { .. } => ApiError::TooManyRequests(e.to_string()),
+            SessionError::KernelShort { .. } => ApiError::Unavailable(e.to_string()),
             SessionError::Hook(HookError::Kernel(_)) | SessionError::Internal(_) => ApiError::Internal(e.to_string()),
         }
     }

@@ -41,6 +41,20 @@ pub enum TracefsError {
     },
 }
 
+impl TracefsError {
+    /// Whether the kernel is short of something right now (memory, a busy resource), rather
+    /// than refusing the request itself: worth retrying later, so a 503 and not a 400.
+    pub fn is_kernel_short(&self) -> bool {
+        let code = |e: &io::Error| e.raw_os_error();
+        let short =
+            [rustix::io::Errno::NOMEM, rustix::io::Errno::BUSY, rustix::io::Errno::NOSPC, rustix::io::Errno::AGAIN];
+        match self {
+            TracefsError::Io { source, .. } => short.iter().any(|e| code(source) == Some(e.raw_os_error())),
+            _ => false,
+        }
+    }
+}
+
 /// A tracefs mount, and the name prefix of the instances this daemon owns.
 #[derive(Debug, Clone)]
 pub struct Tracefs {
@@ -176,5 +190,23 @@ mod tests {
         std::fs::write(legacy.join("trace"), "").expect("write");
         let t = Tracefs::find_or_mount(dir.path()).expect("found");
         assert_eq!(t.root(), legacy);
+    }
+}
+
+#[cfg(test)]
+mod short_tests {
+    use super::*;
+
+    #[test]
+    fn memory_and_busy_errors_are_the_kernel_being_short_others_are_refusals() {
+        let io = |errno: rustix::io::Errno| TracefsError::Io {
+            op: "write",
+            path: "buffer_size_kb".into(),
+            source: io::Error::from_raw_os_error(errno.raw_os_error()),
+        };
+        assert!(io(rustix::io::Errno::NOMEM).is_kernel_short());
+        assert!(io(rustix::io::Errno::BUSY).is_kernel_short());
+        assert!(!io(rustix::io::Errno::INVAL).is_kernel_short());
+        assert!(!io(rustix::io::Errno::PERM).is_kernel_short());
     }
 }

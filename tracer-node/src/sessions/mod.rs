@@ -64,6 +64,24 @@ pub enum SessionError {
         /// Why.
         reason: String,
     },
+    /// The kernel is short of memory or busy: the start may work later.
+    #[error("trace session {id} could not start, the kernel is short of resources: {reason}")]
+    KernelShort {
+        /// Session id.
+        id: u64,
+        /// The kernel's reason.
+        reason: String,
+    },
+    /// A limit of the node is reached.
+    #[error("{what}: the limit is {limit} ({flag})")]
+    Limit {
+        /// What is at its limit.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+        /// The flag that sets it.
+        flag: &'static str,
+    },
     /// A fault of ours.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,6 +94,12 @@ pub struct Settings {
     pub buffer_kb: u64,
     /// Events a session keeps for `GET .../events`.
     pub retention_events: usize,
+    /// Sessions kept at most.
+    pub max_sessions: usize,
+    /// Sessions running at once at most.
+    pub max_running: usize,
+    /// Kernel memory (KiB) all running sessions' ring buffers may take.
+    pub memory_budget_kb: u64,
     /// OTLP export of running sessions, when configured.
     pub exporter: Option<Arc<Exporter>>,
     /// The node's counters.
@@ -84,7 +108,15 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { buffer_kb: 8192, retention_events: 262_144, exporter: None, metrics: Arc::default() }
+        Self {
+            buffer_kb: 8192,
+            retention_events: 262_144,
+            max_sessions: 256,
+            max_running: 32,
+            memory_budget_kb: 1024 * 1024,
+            exporter: None,
+            metrics: Arc::default(),
+        }
     }
 }
 
@@ -175,6 +207,11 @@ pub struct SessionManager {
     sessions: Mutex<BTreeMap<u64, Arc<Session>>>,
     /// What the kernel remembers of gone threads, shared by every session's resolver.
     saved: Arc<SavedTasks>,
+    /// Held from the check of the running limits to the end of a start, so two starts cannot
+    /// both take the last place.
+    start_gate: tokio::sync::Mutex<()>,
+    /// CPUs with a ring buffer in each instance.
+    cpus: u64,
     me: Weak<SessionManager>,
 }
 
@@ -218,6 +255,11 @@ impl SessionManager {
         settings: Settings,
     ) -> Arc<Self> {
         let saved = Arc::new(SavedTasks::new(Some(tracefs.root().to_owned())));
+        let cpus = std::fs::read_dir(tracefs.root().join("per_cpu"))
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("cpu")).count() as u64)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64));
         let m = Arc::new_cyclic(|me| SessionManager {
             node,
             tracefs,
@@ -226,6 +268,8 @@ impl SessionManager {
             settings,
             sessions: Mutex::new(BTreeMap::new()),
             saved: saved.clone(),
+            start_gate: tokio::sync::Mutex::new(()),
+            cpus,
             me: me.clone(),
         });
         let observer: Weak<dyn RegistryObserver> = Arc::downgrade(&m) as Weak<dyn RegistryObserver>;
@@ -270,6 +314,13 @@ impl SessionManager {
             return Err(SessionError::Invalid("trace-arguments or trace-user-context too long".into()));
         }
         let plan = self.catalog.plan(&spec.trace_hook, &spec.trace_arguments)?;
+        if self.map().len() >= self.settings.max_sessions {
+            return Err(SessionError::Limit {
+                what: "too many trace sessions on this node",
+                limit: self.settings.max_sessions as u64,
+                flag: "--max-sessions",
+            });
+        }
         let id = self.new_id();
         let session = Arc::new(Session {
             id,
@@ -444,6 +495,8 @@ impl SessionManager {
         if s.lock().run.is_some() {
             return Err(SessionError::AlreadyRunning(id));
         }
+        let _gate = self.start_gate.lock().await;
+        self.check_running_limits()?;
         let result = match s.plan.clone() {
             Plan::Ftrace(plan) => {
                 let (s2, tracefs, registry, settings, node) =
@@ -465,7 +518,7 @@ impl SessionManager {
                         st.run = Some(Run::External(run));
                         Ok(None)
                     }
-                    Err(lines) => Err(lines.join("; ")),
+                    Err(lines) => Err(StartFailure::from(lines.join("; "))),
                 }
             }
         };
@@ -482,14 +535,40 @@ impl SessionManager {
                 info!(session = id, "session started");
                 Ok(())
             }
-            Err(reason) => {
+            Err(StartFailure { reason, kernel_short }) => {
                 let mut st = s.lock();
                 st.error = Some(vec![reason.clone()]);
                 st.output = None;
-                warn!(session = id, %reason, "session failed to start");
-                Err(SessionError::StartFailed { id, reason })
+                warn!(session = id, %reason, kernel_short, "session failed to start");
+                if kernel_short {
+                    Err(SessionError::KernelShort { id, reason })
+                } else {
+                    Err(SessionError::StartFailed { id, reason })
+                }
             }
         }
+    }
+
+    /// Refuses a start when the running sessions are at `--max-running-sessions`, or when one
+    /// more ring buffer would pass the kernel memory budget. The caller holds the start gate.
+    fn check_running_limits(&self) -> Result<(), SessionError> {
+        let running = self.map().values().filter(|s| s.lock().run.is_some()).count();
+        if running >= self.settings.max_running {
+            return Err(SessionError::Limit {
+                what: "too many running trace sessions on this node",
+                limit: self.settings.max_running as u64,
+                flag: "--max-running-sessions",
+            });
+        }
+        let per_run = self.settings.buffer_kb.saturating_mul(self.cpus);
+        if (running as u64 + 1).saturating_mul(per_run) > self.settings.memory_budget_kb {
+            return Err(SessionError::Limit {
+                what: "starting it would pass the kernel memory budget of the ring buffers (MiB)",
+                limit: self.settings.memory_budget_kb / 1024,
+                flag: "--trace-memory-budget-mb",
+            });
+        }
+        Ok(())
     }
 
     fn stop_after(&self, id: u64, generation: u64, d: Duration) {
@@ -624,6 +703,25 @@ impl SessionManager {
     }
 }
 
+/// Why a start failed, and whether the kernel was only short of resources then.
+#[derive(Debug)]
+struct StartFailure {
+    reason: String,
+    kernel_short: bool,
+}
+
+impl From<String> for StartFailure {
+    fn from(reason: String) -> Self {
+        Self { reason, kernel_short: false }
+    }
+}
+
+impl StartFailure {
+    fn kernel(what: &str, e: &crate::ftrace::TracefsError) -> Self {
+        Self { reason: format!("{what}: {e}"), kernel_short: e.is_kernel_short() }
+    }
+}
+
 fn overrun(instance: &Instance) -> u64 {
     instance.cpus().unwrap_or_default().into_iter().map(|c| instance.overrun(c).unwrap_or(0)).sum()
 }
@@ -638,10 +736,11 @@ fn start_ftrace(
     registry: &Registry,
     settings: &Settings,
     node: &str,
-) -> Result<Option<Duration>, String> {
+) -> Result<Option<Duration>, StartFailure> {
     let mut st = s.lock();
-    let instance = Instance::create(tracefs, &s.id.to_string()).map_err(|e| e.to_string())?;
-    let step = |what: &str, r: Result<(), crate::ftrace::TracefsError>| r.map_err(|e| format!("{what}: {e}"));
+    let instance =
+        Instance::create(tracefs, &s.id.to_string()).map_err(|e| StartFailure::kernel("ftrace instance", &e))?;
+    let step = |what: &str, r: Result<(), crate::ftrace::TracefsError>| r.map_err(|e| StartFailure::kernel(what, &e));
     step("buffer size", instance.write("buffer_size_kb", &settings.buffer_kb.to_string()))?;
     // The monotonic clock, so timestamps can be converted to wall time (and compared across CPUs).
     if let Err(e) = instance.write("trace_clock", "mono") {
@@ -704,7 +803,7 @@ fn start_ftrace(
     // Fork and exit events tie the threads that are gone before their events are read to their
     // containers: recorded in every run, shown only when the hook asked for them.
     let mut hidden = Vec::new();
-    let mut lineage = |name: &str| -> Result<Option<EventFormat>, String> {
+    let mut lineage = |name: &str| -> Result<Option<EventFormat>, StartFailure> {
         let format = match tracefs.event_format("sched", name) {
             Ok(f) => f,
             Err(e) => {
@@ -774,7 +873,7 @@ fn start_ftrace(
             export.finish();
         }
         s.store.close_followers();
-        return Err(reason);
+        return Err(reason.into());
     }
     if recording {
         // Threads forked while the filter was written: in the kernel's filter already (or
