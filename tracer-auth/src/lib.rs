@@ -5,8 +5,10 @@
 //! Tokens are secrets: they are never logged, and they are compared in time that does not
 //! depend on where a guess first differs.
 
+pub mod kubernetes;
 mod token_file;
 
+pub use kubernetes::{Attributes, Decision, KubernetesAuth, KubernetesAuthError, User};
 pub use token_file::{TokenFile, TokenFileError};
 
 /// Why a request is not authenticated (401).

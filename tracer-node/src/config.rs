@@ -101,7 +101,7 @@ pub struct Config {
     /// How long attaching a new container to the running sessions may hold its hook's answer,
     /// in milliseconds; keep it below the hook's `--deadline-ms` (250). Past it the hook is
     /// answered and attaching goes on.
-    #[arg(long, env = "TRACER_ATTACH_BUDGET_MS", default_value_t = 200,
+    #[arg(long, env = "TRACER_ATTACH_BUDGET_MS", default_value_t = 150,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub attach_budget_ms: u64,
 

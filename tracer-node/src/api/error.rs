@@ -8,6 +8,8 @@ use axum::{
 use tracer_api::v1::ErrorBody;
 use tracing::error;
 
+use super::sessions::MAX_BODY;
+
 /// An API failure and the status it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,6 +62,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Largest body read and dropped before a 413, so the client reads the answer.
+const MAX_DRAIN: u64 = 1024 * 1024;
+/// Time given to the client to send such a body.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest request URI served; longer ones get a 414 in the contract's shape.
 pub const MAX_URI: usize = 8 * 1024;
 
@@ -70,6 +77,21 @@ pub async fn json_errors(request: axum::extract::Request, next: axum::middleware
     let uri_len = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI {
         return ApiError::UriTooLong(MAX_URI).into_response();
+    }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|l| *l > MAX_BODY as u64) {
+        // Answering before the body is read makes the connection close under a client still
+        // sending, which then sees a broken pipe instead of the 413: a body of reasonable size
+        // is read (briefly) and dropped first.
+        if len <= MAX_DRAIN {
+            let body = request.into_body();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, axum::body::to_bytes(body, MAX_DRAIN as usize)).await;
+        }
+        return ApiError::TooLarge(format!("request body larger than {MAX_BODY} bytes")).into_response();
     }
     let response = next.run(request).await;
     let status = response.status();

@@ -229,6 +229,9 @@ pub struct Decoding {
     /// Events recorded for attribution only (the hook did not ask for them): never shown,
     /// stored or counted.
     pub hidden: Arc<Vec<u16>>,
+    /// The sentinel thread (see `ftrace::sentinel`): its events, if it ever has any, are not
+    /// a container's.
+    pub sentinel: Option<u32>,
 }
 
 /// Builds the consumer of one CPU's pages.
@@ -276,7 +279,7 @@ pub fn page_consumer(
         let mut unknown: Vec<i32> = Vec::new();
         for ev in &parsed.events {
             let Some((event_id, pid)) = ids(ev) else { continue };
-            if decoding.hidden.contains(&event_id) {
+            if decoding.hidden.contains(&event_id) || decoding.sentinel.is_some_and(|t| t as i32 == pid) {
                 continue;
             }
             // After an exec the thread has a new command: ask procfs again.
@@ -363,6 +366,7 @@ mod tests {
             fork,
             exit: None,
             hidden: Arc::new(hidden),
+            sentinel: None,
         }
     }
 

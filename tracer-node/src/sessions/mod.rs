@@ -827,7 +827,14 @@ fn start_ftrace(
             .collect(),
     );
     let (resolver, store) = (s.resolver.clone(), s.store.clone());
-    let decoding = events::Decoding { header, exec_ids, fork, exit, hidden: Arc::new(hidden) };
+    let decoding = events::Decoding {
+        header,
+        exec_ids,
+        fork,
+        exit,
+        hidden: Arc::new(hidden),
+        sentinel: crate::ftrace::sentinel::tid(),
+    };
     let readers = Readers::start(&instance, page_size, |cpu, progress| {
         events::page_consumer(cpu, decoding.clone(), resolver.clone(), store.clone(), progress)
     })
@@ -852,32 +859,37 @@ fn start_ftrace(
         s.store.add_sink(sink);
         handle
     });
-    // The pid filter last, right before recording starts: a thread forked in between is added
-    // by the kernel (event-fork) but its fork is not recorded; the second look below finds it.
+    // Recording starts before the containers' threads enter the filter, with only the sentinel
+    // in it: every fork from then on is recorded, so no thread is ever recorded without the
+    // fork that ties it to its container. A session with no container yet starts recording
+    // when the first one is attached (before that container's init runs).
+    let sentinel = crate::ftrace::sentinel::tid();
     let tids: Vec<u32> = st.containers.values().flat_map(|a| container_tids(registry, a, &s.resolver)).collect();
-    let filtered = instance.add_pids(&tids, false).map_err(|e| format!("pid filter: {e}")).and_then(|()| {
-        if functions {
-            instance.append_pids("set_ftrace_pid", &tids).map_err(|e| refused("set_ftrace_pid", e))
-        } else {
-            Ok(())
-        }
-    });
     let recording = !tids.is_empty();
-    let started = filtered.and_then(|()| match recording {
-        true => instance.set_tracing_on(true).map_err(|e| format!("tracing_on: {e}")),
-        false => Ok(()),
-    });
-    if let Err(reason) = started {
+    let started = match (recording, sentinel) {
+        (false, _) => Ok(()),
+        (true, Some(sentinel)) => instance
+            .add_pids(&[sentinel], functions)
+            .map_err(|e| StartFailure::kernel("pid filter", &e))
+            .and_then(|()| instance.set_tracing_on(true).map_err(|e| StartFailure::kernel("tracing_on", &e)))
+            .and_then(|()| instance.add_pids(&tids, functions).map_err(|e| StartFailure::kernel("pid filter", &e))),
+        // No sentinel thread: the filter first, then recording (a fork in between is missed).
+        (true, None) => instance
+            .add_pids(&tids, functions)
+            .map_err(|e| StartFailure::kernel("pid filter", &e))
+            .and_then(|()| instance.set_tracing_on(true).map_err(|e| StartFailure::kernel("tracing_on", &e))),
+    };
+    if let Err(failure) = started {
         readers.stop_and_join();
         if let Some(export) = export {
             export.finish();
         }
         s.store.close_followers();
-        return Err(reason.into());
+        return Err(failure);
     }
     if recording {
-        // Threads forked while the filter was written: in the kernel's filter already (or
-        // added now), and made known to the resolver while they still run.
+        // Threads forked between the first look and the filter write were not in the filter:
+        // those still running are added now.
         let seen: std::collections::HashSet<u32> = tids.iter().copied().collect();
         let late: Vec<u32> = st
             .containers
