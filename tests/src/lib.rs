@@ -120,6 +120,7 @@ pub struct Node {
     child: Option<Child>,
     port: u16,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -130,11 +131,17 @@ impl Node {
 
     /// Starts tracer-node with extra flags.
     pub fn start_with(extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts tracer-node with extra flags and environment variables (for it alone).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ct-node-").tempdir()?;
         let port = free_port()?;
         let prefix = format!("{}-", unique("ct-test"));
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
-        let mut node = Node { url: format!("http://127.0.0.1:{port}"), dir, prefix, child: None, port, extra };
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut node = Node { url: format!("http://127.0.0.1:{port}"), dir, prefix, child: None, port, extra, env };
         node.spawn()?;
         Ok(node)
     }
@@ -230,6 +237,7 @@ impl Node {
             .arg(self.dir.path().join("state"))
             .args(["--instance-prefix", &self.prefix])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,tracer_node=debug")
             // Export only where a test asks for it, whatever the caller's environment says.
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -110,3 +110,172 @@ fn the_api_over_tls_serves_a_renewed_certificate_without_a_restart() {
     );
     assert_eq!(https_get(port, &[&ca2], "/v1/pods", "tls-token").0, 200);
 }
+
+/// The stand-in API server (tests/support/kube_standin.py), killed on drop.
+struct StandIn {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl StandIn {
+    fn start(dir: &std::path::Path, policy: &serde_json::Value) -> Self {
+        let (policy_file, port_file, log) = (dir.join("policy.json"), dir.join("port"), dir.join("requests.log"));
+        std::fs::write(&policy_file, policy.to_string()).expect("policy");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/kube_standin.py");
+        let child = std::process::Command::new("python3")
+            .arg(script)
+            .args([&policy_file, &port_file, &log])
+            .spawn()
+            .expect("start the stand-in API server");
+        assert!(wait_until(Duration::from_secs(10), || port_file.exists()), "stand-in API server up");
+        let port = std::fs::read_to_string(&port_file).expect("port").trim().parse().expect("port number");
+        StandIn { child, log, port }
+    }
+
+    /// How many reviews of `kind` (`tokenreviews`, `subjectaccessreviews`) were asked.
+    fn asked(&self, kind: &str) -> usize {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().filter(|l| l.contains(kind)).count()
+    }
+
+    fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://127.0.0.1:{}\n\
+             users:\n- name: node\n  user:\n    token: node-sa-token\ncontexts:\n- name: standin\n  context:\n    \
+             cluster: standin\n    user: node\ncurrent-context: standin\n",
+            self.port
+        );
+        std::fs::write(&path, config).expect("kubeconfig");
+        path
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get_as(node: &Node, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let url = format!("{}{path}", node.url);
+    let auth = format!("Bearer {token}");
+    let agent = agent();
+    let mut resp = match (method, body) {
+        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+        ("POST", b) => agent.post(&url).header("Authorization", &auth).send(b.unwrap_or("")),
+        (_, b) => agent.put(&url).header("Authorization", &auth).send(b.unwrap_or("")),
+    }
+    .expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// `--auth-kubernetes`: tokens reviewed by the API server, each request authorized with the
+/// namespace of its pods or session, so a RoleBinding confines a user to one namespace.
+#[test]
+fn kubernetes_rbac_confines_a_namespace_user_to_its_namespace() {
+    use serde_json::json;
+    if !require(&["runc", "python3"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = ["pods", "trace-hooks", "trace-sessions", "trace-sessions/events"];
+    let policy = json!({
+        "tokens": {
+            "admin-token": {"username": "admin", "uid": "u-admin", "groups": ["system:masters"]},
+            "alice-token": {"username": "alice", "uid": "u-alice", "groups": ["team-a"]},
+            "bob-token": {"username": "bob", "uid": "u-bob", "groups": []},
+        },
+        "rules": [
+            {"user": "admin", "verbs": ["*"], "resources": ["*"], "namespace": "*"},
+            {"user": "admin", "verbs": ["get"], "paths": ["/metrics"], "namespace": "*"},
+            {"user": "alice", "verbs": ["get", "list", "create", "update", "delete"], "resources": all, "namespace": "team-a"},
+        ],
+    });
+    let standin = StandIn::start(dir.path(), &policy);
+    let kubeconfig = standin.kubeconfig(dir.path());
+    let node = Node::start_with_env(
+        &["--auth-kubernetes", "--auth-metrics"],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("utf8"))],
+    )
+    .expect("tracer-node");
+    let rt = e2e::Runtime::new("runc").expect("runc");
+    let prefix = e2e::unique("rbac");
+    let mut ids = Vec::new();
+    for ns in ["team-a", "team-b"] {
+        let id = e2e::unique("ct-rbac");
+        let bundle = e2e::Bundle::new(
+            &["sleep", "30"],
+            &e2e::containerd_annotations(&format!("{prefix}-{ns}"), ns, "app"),
+            e2e::Bundle::hooks_for(&node),
+        )
+        .expect("bundle");
+        rt.create(&id, &bundle).expect("create");
+        rt.start(&id).expect("start");
+        rt.keep(bundle);
+        ids.push(id);
+    }
+    let (pod_a, pod_b) = (format!("{prefix}-team-a"), format!("{prefix}-team-b"));
+
+    // Who: a bad token is a 401, a user without any grant a 403 naming what it lacks.
+    assert_eq!(get_as(&node, "GET", "/v1/pods", "forged", None).0, 401);
+    let (status, v) = get_as(&node, "GET", "/v1/pods", "bob-token", None);
+    assert_eq!(status, 403, "{v}");
+    assert!(v["Error"].as_str().is_some_and(|e| e.contains("bob may not list pods.container-tracer.io")), "{v}");
+    // What: the admin sees both pods, alice her namespace's only.
+    let (status, pods) = get_as(&node, "GET", "/v1/pods", "admin-token", None);
+    assert_eq!(status, 200);
+    assert!(pods.get(&pod_a).is_some() && pods.get(&pod_b).is_some(), "{pods}");
+    let (status, pods) = get_as(&node, "GET", "/v1/pods", "alice-token", None);
+    assert_eq!(status, 200);
+    assert!(pods.get(&pod_a).is_some() && pods.get(&pod_b).is_none(), "alice sees team-a only: {pods}");
+
+    // Sessions: alice may trace her namespace, named in the pattern, and nothing wider.
+    let body = |pod: &str| json!({"pod": pod, "container": "*", "trace-hook": "trace_exec"}).to_string();
+    let (status, v) =
+        get_as(&node, "POST", "/v1/trace-session", "alice-token", Some(&body(&format!("team-a/{prefix}-*"))));
+    assert_eq!(status, 200, "{v}");
+    let alice_sid = v.as_object().and_then(|o| o.keys().next().cloned()).expect("id");
+    for wide in [format!("{prefix}-*"), "*".into(), format!("team-b/{prefix}-*"), format!("team-*/{prefix}-*")] {
+        let (status, v) = get_as(&node, "POST", "/v1/trace-session", "alice-token", Some(&body(&wide)));
+        assert_eq!(status, 403, "{wide}: {v}");
+    }
+    let (status, v) = get_as(&node, "POST", "/v1/trace-session", "admin-token", Some(&body(&format!("{prefix}-*"))));
+    assert_eq!(status, 200, "{v}");
+    let admin_sid = v.as_object().and_then(|o| o.keys().next().cloned()).expect("id");
+    let (_, all) = get_as(&node, "GET", "/v1/trace-session/all", "alice-token", None);
+    assert_eq!(all.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()), Some(vec![alice_sid.clone()]), "{all}");
+    let (_, all) = get_as(&node, "GET", "/v1/trace-session/all", "admin-token", None);
+    assert_eq!(all.as_object().map(|o| o.len()), Some(2), "{all}");
+    for path in [format!("/v1/trace-session/{admin_sid}"), format!("/v1/trace-session/{admin_sid}/events")] {
+        assert_eq!(get_as(&node, "GET", &path, "alice-token", None).0, 403, "{path}");
+    }
+    let run = json!({"Run": true}).to_string();
+    assert_eq!(get_as(&node, "PUT", &format!("/v1/trace-session/{admin_sid}"), "alice-token", Some(&run)).0, 403);
+    assert_eq!(get_as(&node, "PUT", &format!("/v1/trace-session/{alice_sid}"), "alice-token", Some(&run)).0, 200);
+    assert_eq!(get_as(&node, "GET", &format!("/v1/trace-session/{alice_sid}/events"), "alice-token", None).0, 200);
+    assert_eq!(get_as(&node, "GET", &format!("/v1/trace-session/{alice_sid}/stats"), "alice-token", None).0, 200);
+    assert_eq!(get_as(&node, "DELETE", "/v1/trace-session/all", "alice-token", None).0, 403);
+    assert_eq!(get_as(&node, "DELETE", &format!("/v1/trace-session/{alice_sid}"), "alice-token", None).0, 200);
+    assert_eq!(get_as(&node, "GET", "/metrics", "alice-token", None).0, 403, "--auth-metrics: a path check");
+    assert_eq!(get_as(&node, "GET", "/metrics", "admin-token", None).0, 200);
+    assert_eq!(get_as(&node, "GET", "/healthz", "", None).0, 200, "health stays open");
+
+    // Cached: twenty more requests of alice ask the API server nothing new.
+    let (reviews, accesses) = (standin.asked("tokenreviews"), standin.asked("subjectaccessreviews"));
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get_as(&node, "GET", "/v1/pods", "alice-token", None).0, 200);
+    }
+    let per_request = started.elapsed() / 20;
+    assert_eq!((standin.asked("tokenreviews"), standin.asked("subjectaccessreviews")), (reviews, accesses));
+    println!("cached /v1/pods as a namespace user: {per_request:?} per request");
+    assert_eq!(get_as(&node, "DELETE", "/v1/trace-session/all", "admin-token", None).0, 200);
+    for id in ids {
+        let _ = rt.delete(&id);
+    }
+}

@@ -20,6 +20,12 @@ pub struct Config {
     #[arg(long, env = "TRACER_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// Check bearer tokens with the Kubernetes API (TokenReview) and authorize each request
+    /// (SubjectAccessReview) in the virtual API group `container-tracer.io`, with the pod's or
+    /// session's namespace. The API is found in-cluster or through `KUBECONFIG`.
+    #[arg(long, env = "TRACER_AUTH_KUBERNETES")]
+    pub auth_kubernetes: bool,
+
     /// Serve a non-loopback address with no authentication at all (the API streams every
     /// system call of every container): logged as a warning at start-up and shown by `/readyz`.
     #[arg(long, env = "TRACER_INSECURE_NO_AUTH")]
@@ -138,11 +144,11 @@ pub enum ConfigError {
     NodeName(String),
     /// A non-loopback address with no authentication, not explicitly asked for.
     #[error(
-        "--address {0} is reachable from other hosts: give --auth-token-file FILE, or --insecure-no-auth to serve every container's trace to anyone who can connect"
+        "--address {0} is reachable from other hosts: give --auth-token-file FILE or --auth-kubernetes, or --insecure-no-auth to serve every container's trace to anyone who can connect"
     )]
     Unauthenticated(SocketAddr),
     /// Both an auth mode and `--insecure-no-auth`.
-    #[error("--insecure-no-auth contradicts --auth-token-file: choose one")]
+    #[error("choose one of --auth-token-file, --auth-kubernetes and --insecure-no-auth")]
     AuthContradiction,
     /// An export setting is unusable.
     #[error(transparent)]
@@ -175,11 +181,12 @@ impl Config {
             if !path.is_absolute() {
                 return Err(ConfigError::RelativePath { flag: "auth-token-file", path: path.clone() });
             }
-            if self.insecure_no_auth {
-                return Err(ConfigError::AuthContradiction);
-            }
         }
-        if self.auth_token_file.is_none() && !self.insecure_no_auth && !self.address.ip().is_loopback() {
+        let modes = [self.auth_token_file.is_some(), self.auth_kubernetes, self.insecure_no_auth];
+        if modes.iter().filter(|m| **m).count() > 1 {
+            return Err(ConfigError::AuthContradiction);
+        }
+        if !modes.iter().any(|m| *m) && !self.address.ip().is_loopback() {
             return Err(ConfigError::Unauthenticated(self.address));
         }
         let p = &self.instance_prefix;

@@ -48,6 +48,9 @@ pub enum RunError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] tracer_tls::TlsError),
+    /// No Kubernetes API to check tokens with.
+    #[error(transparent)]
+    KubernetesAuth(#[from] tracer_auth::KubernetesAuthError),
     /// The token file is unusable.
     #[error(transparent)]
     Auth(#[from] tracer_auth::TokenFileError),
@@ -78,6 +81,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // A token file that cannot be used is a configuration error, found before anything is touched.
     let auth = match &config.auth_token_file {
         Some(path) => api::auth::Auth::Tokens(tracer_auth::TokenFile::open(path)?),
+        None if config.auth_kubernetes => {
+            api::auth::Auth::Kubernetes(Arc::new(tracer_auth::KubernetesAuth::from_environment().await?))
+        }
         None => api::auth::Auth::Open,
     };
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -154,7 +160,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let token_watch = match &auth {
         api::auth::Auth::Tokens(t) => Some(t.watch()),
-        api::auth::Auth::Open => None,
+        api::auth::Auth::Open | api::auth::Auth::Kubernetes(_) => None,
     };
     let insecure = matches!(auth, api::auth::Auth::Open) && !config.address.ip().is_loopback();
     if insecure {

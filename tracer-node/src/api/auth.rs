@@ -2,8 +2,12 @@
 //! so everything but the health endpoints (and `/metrics`, unless asked) needs a valid bearer
 //! token when an auth mode is configured. A missing or bad token is a 401 with
 //! `WWW-Authenticate: Bearer`; the token itself is never logged.
+//!
+//! With `--auth-kubernetes` the token's user is also authorized per request, with the pod's or
+//! session's namespace (see `docs/api.md` for the attributes): the middleware puts the
+//! [`Caller`] in the request, and each handler asks it about what it is about to show or do.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use axum::{
     extract::{Request, State},
@@ -11,7 +15,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tracer_auth::{bearer, TokenFile};
+use tracer_auth::{bearer, Attributes, KubernetesAuth, TokenFile, User};
 use tracing::debug;
 
 use super::ApiError;
@@ -24,6 +28,75 @@ pub enum Auth {
     Open,
     /// Bearer tokens from `--auth-token-file`.
     Tokens(Arc<TokenFile>),
+    /// TokenReview and SubjectAccessReview (`--auth-kubernetes`).
+    Kubernetes(Arc<KubernetesAuth>),
+}
+
+/// Who is calling, as the handlers see it.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Anyone allowed in may do anything (no auth, or a token file).
+    Trusted,
+    /// A Kubernetes user, authorized per request.
+    User(User, Arc<KubernetesAuth>),
+}
+
+impl Caller {
+    /// Whether the caller may `verb` the `resource` (`/subresource`) in `namespace` (`None`:
+    /// in every namespace, or a resource of no namespace). A 403 names what is missing.
+    pub async fn check(
+        &self,
+        verb: &'static str,
+        resource: &'static str,
+        subresource: Option<&'static str>,
+        namespace: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Caller::User(user, kube) = self else { return Ok(()) };
+        let attrs = Attributes::Resource { verb, resource, subresource, namespace: namespace.map(str::to_owned) };
+        let decision = kube.authorize(user, &attrs).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        if decision.allowed {
+            return Ok(());
+        }
+        let what = match subresource {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_owned(),
+        };
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace {ns:?}"),
+            None => "in every namespace (cluster-wide)".to_owned(),
+        };
+        let reason = if decision.reason.is_empty() { String::new() } else { format!(" ({})", decision.reason) };
+        Err(ApiError::Forbidden(format!(
+            "{} may not {verb} {what}.{} {scope}{reason}",
+            user.name,
+            tracer_auth::kubernetes::GROUP
+        )))
+    }
+
+    /// The namespaces among `namespaces` where the caller may `verb` the `resource`: `None` when
+    /// it may in every namespace (one cluster-wide check, then per namespace only if refused).
+    pub async fn namespaces_allowed<'a>(
+        &self,
+        verb: &'static str,
+        resource: &'static str,
+        subresource: Option<&'static str>,
+        namespaces: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Option<BTreeSet<String>>, ApiError> {
+        if self.check(verb, resource, subresource, None).await.is_ok() {
+            return Ok(None);
+        }
+        let mut allowed = BTreeSet::new();
+        for ns in namespaces.into_iter().collect::<BTreeSet<_>>() {
+            match self.check(verb, resource, subresource, Some(ns)).await {
+                Ok(()) => {
+                    allowed.insert(ns.to_owned());
+                }
+                Err(ApiError::Forbidden(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(allowed))
+    }
 }
 
 /// The auth settings of the router.
@@ -41,21 +114,49 @@ impl AuthPolicy {
     }
 }
 
-/// The middleware: lets a request through or answers 401.
-pub async fn authenticate(State(policy): State<Arc<AuthPolicy>>, req: Request, next: Next) -> Response {
-    let Auth::Tokens(tokens) = &policy.auth else { return next.run(req).await };
+/// The middleware: lets a request through (with its [`Caller`]) or answers 401.
+pub async fn authenticate(State(policy): State<Arc<AuthPolicy>>, mut req: Request, next: Next) -> Response {
     if policy.is_open(req.uri().path()) {
+        req.extensions_mut().insert(Caller::Trusted);
         return next.run(req).await;
     }
-    let checked =
-        bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())).and_then(|token| tokens.check(token));
-    match checked {
-        Ok(()) => next.run(req).await,
-        Err(why) => {
-            debug!(path = %req.uri().path(), reason = %why, "request refused: not authenticated");
-            let mut resp = ApiError::Unauthenticated(why).into_response();
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            resp
+    // Owned: the request (its body is not Sync) must not be borrowed across an await.
+    let token = bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())).map(str::to_owned);
+    let path = req.uri().path().to_owned();
+    let caller = match &policy.auth {
+        Auth::Open => Ok(Caller::Trusted),
+        Auth::Tokens(tokens) => token.and_then(|t| tokens.check(&t)).map(|()| Caller::Trusted).map_err(Into::into),
+        Auth::Kubernetes(kube) => match token {
+            Err(why) => Err(why.into()),
+            Ok(t) => match kube.authenticate(&t).await {
+                Ok(Some(user)) => Ok(Caller::User(user, kube.clone())),
+                Ok(None) => Err(ApiError::Unauthenticated(tracer_auth::Unauthenticated::BadToken)),
+                Err(e) => Err(ApiError::Unavailable(e.to_string())),
+            },
+        },
+    };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%path, reason = %e, "request refused: not authenticated");
+            let mut resp = e.into_response();
+            if resp.status() == axum::http::StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            }
+            return resp;
+        }
+    };
+    // `/metrics` behind auth is a path, not a resource, as kube-rbac-proxy checks it.
+    if path == "/metrics" {
+        if let Caller::User(user, kube) = &caller {
+            let attrs = Attributes::Path { verb: "get", path: "/metrics" };
+            match kube.authorize(user, &attrs).await {
+                Ok(d) if d.allowed => {}
+                Ok(_) => return ApiError::Forbidden(format!("{} may not get /metrics", user.name)).into_response(),
+                Err(e) => return ApiError::Unavailable(e.to_string()).into_response(),
+            }
         }
     }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }

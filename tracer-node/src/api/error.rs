@@ -28,6 +28,9 @@ pub enum ApiError {
     /// The request URI is too long.
     #[error("request URI longer than {0} bytes")]
     UriTooLong(usize),
+    /// Authenticated, but not allowed (403): the message names what is missing.
+    #[error("{0}")]
+    Forbidden(String),
     /// A limit of the node is reached (429).
     #[error("{0}")]
     TooManyRequests(String),
@@ -52,6 +55,7 @@ impl IntoResponse for ApiError {
             e @ ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, e.to_string()),
             ApiError::Unauthenticated(why) => (StatusCode::UNAUTHORIZED, why.to_string()),
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Internal(detail) => {
                 error!(%detail, "internal error answering a request");

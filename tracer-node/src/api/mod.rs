@@ -66,8 +66,22 @@ pub fn router(state: AppState) -> Router {
 }
 
 #[instrument(skip_all)]
-async fn get_pods(State(state): State<AppState>) -> Result<Json<tracer_api::v1::Pods>, ApiError> {
-    let entries = state.registry.snapshot();
+async fn get_pods(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<auth::Caller>,
+) -> Result<Json<tracer_api::v1::Pods>, ApiError> {
+    let mut entries = state.registry.snapshot();
+    // A namespace-scoped user sees the pods of its namespaces only.
+    let namespaces: Vec<String> = entries.iter().map(|e| e.record.namespace.clone()).collect();
+    if let Some(allowed) =
+        caller.namespaces_allowed("list", "pods", None, namespaces.iter().map(String::as_str)).await?
+    {
+        if allowed.is_empty() {
+            // Not even one namespace: the reason names what is missing.
+            caller.check("list", "pods", None, None).await?;
+        }
+        entries.retain(|e| allowed.contains(&e.record.namespace));
+    }
     let registry = state.registry.clone();
     // Reading cgroups and stats is blocking file I/O: keep it off the async workers.
     let pods = tokio::task::spawn_blocking(move || pods::build(&entries, registry.procfs()))

@@ -8,7 +8,7 @@ use axum::{
     extract::{rejection::BytesRejection, Path, Query, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use futures_util::{stream, StreamExt};
 use serde::Deserialize;
@@ -16,12 +16,12 @@ use serde_json::{json, Value};
 use tracer_api::v1::{NewSession, RunChange, SessionStats, Sessions, TraceHooks};
 use tracing::instrument;
 
-use super::{error::ApiError, AppState};
+use super::{auth::Caller, error::ApiError, AppState};
 use crate::{
     hooks::HookError,
     sessions::{
         events::{to_wire, Batch},
-        parse_id, SessionError,
+        namespace_of, parse_id, SessionError,
     },
 };
 
@@ -58,16 +58,37 @@ fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
 }
 
-pub(super) async fn get_trace_hooks(State(state): State<AppState>) -> Json<TraceHooks> {
-    Json(state.sessions.catalog().describe())
+pub(super) async fn get_trace_hooks(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<TraceHooks>, ApiError> {
+    caller.check("list", "trace-hooks", None, None).await?;
+    Ok(Json(state.sessions.catalog().describe()))
+}
+
+/// Checks `verb` on session `id` (in its namespace) and answers the session.
+async fn session_for(
+    state: &AppState,
+    caller: &Caller,
+    verb: &'static str,
+    subresource: Option<&'static str>,
+    id: u64,
+) -> Result<Arc<crate::sessions::Session>, ApiError> {
+    let s = state.sessions.get(id)?;
+    caller.check(verb, "trace-sessions", subresource, s.namespace()).await?;
+    Ok(s)
 }
 
 #[instrument(skip_all)]
 pub(super) async fn post_session(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Sessions>, ApiError> {
     let spec: NewSession = json_body(body)?;
+    // A session whose pod pattern names one namespace selects containers there only; any other
+    // pattern may select every namespace's, and needs the right cluster-wide.
+    caller.check("create", "trace-sessions", None, namespace_of(&spec.pod)).await?;
     let info = state.sessions.create(spec)?;
     Ok(Json(BTreeMap::from([(info.id.clone(), info)])))
 }
@@ -75,12 +96,20 @@ pub(super) async fn post_session(
 #[instrument(skip_all, fields(session = %id))]
 pub(super) async fn get_session(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Sessions>, ApiError> {
     if id == "all" {
-        return Ok(Json(state.sessions.all()));
+        let mut all = state.sessions.all();
+        let scopes = state.sessions.namespaces();
+        let named = scopes.values().flatten().map(String::as_str);
+        if let Some(allowed) = caller.namespaces_allowed("list", "trace-sessions", None, named).await? {
+            // Sessions of any namespace are shown only to who may list them everywhere.
+            all.retain(|id, _| scopes.get(id).cloned().flatten().is_some_and(|ns| allowed.contains(&ns)));
+        }
+        return Ok(Json(all));
     }
-    let s = state.sessions.get(parse_id(&id)?)?;
+    let s = session_for(&state, &caller, "get", None, parse_id(&id)?).await?;
     let info = state.sessions.info(&s);
     Ok(Json(BTreeMap::from([(info.id.clone(), info)])))
 }
@@ -88,12 +117,13 @@ pub(super) async fn get_session(
 #[instrument(skip_all, fields(session = %id))]
 pub(super) async fn put_session(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let change: RunChange = json_body(body)?;
-    state.sessions.get(id)?;
+    session_for(&state, &caller, "update", None, id).await?;
     if change.run {
         state.sessions.start(id).await?;
     } else {
@@ -105,21 +135,28 @@ pub(super) async fn put_session(
 #[instrument(skip_all, fields(session = %id))]
 pub(super) async fn delete_session(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     if id == "all" {
+        caller.check("delete", "trace-sessions", None, None).await?;
         state.sessions.delete_all().await?;
     } else {
-        state.sessions.delete(parse_id(&id)?).await?;
+        let id = parse_id(&id)?;
+        session_for(&state, &caller, "delete", None, id).await?;
+        state.sessions.delete(id).await?;
     }
     Ok(Json(json!({})))
 }
 
 pub(super) async fn get_stats(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionStats>, ApiError> {
-    Ok(Json(state.sessions.stats(parse_id(&id)?)?))
+    let id = parse_id(&id)?;
+    session_for(&state, &caller, "get", None, id).await?;
+    Ok(Json(state.sessions.stats(id)?))
 }
 
 /// Query of the events stream.
@@ -134,12 +171,13 @@ const CHUNK_EVENTS: usize = 512;
 
 pub(super) async fn get_events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
     let id = parse_id(&id)?;
-    let session = state.sessions.get(id)?;
+    let session = session_for(&state, &caller, "get", Some("events"), id).await?;
     let (store, formats) = session.events();
     let node = state.node_name.clone();
     let sid = id.to_string();

@@ -187,6 +187,12 @@ impl Session {
         (self.store.clone(), self.lock().formats.clone())
     }
 
+    /// The one namespace the session can select containers in: its pod pattern is
+    /// `<namespace>/<pod pattern>` with a namespace free of wildcards. `None`: any namespace.
+    pub fn namespace(&self) -> Option<&str> {
+        namespace_of(&self.spec.pod)
+    }
+
     fn matches(&self, e: &Entry) -> bool {
         let r = &e.record;
         e.is_workload()
@@ -213,6 +219,12 @@ pub struct SessionManager {
     /// CPUs with a ring buffer in each instance.
     cpus: u64,
     me: Weak<SessionManager>,
+}
+
+/// The namespace a pod pattern is confined to (see [`Session::namespace`]).
+pub fn namespace_of(pod_pattern: &str) -> Option<&str> {
+    let (ns, _) = pod_pattern.split_once('/')?;
+    (!ns.is_empty() && !ns.contains(['*', '?'])).then_some(ns)
 }
 
 /// Parses a session id.
@@ -378,6 +390,11 @@ impl SessionManager {
             trace_hook: s.spec.trace_hook.clone(),
             trace_params: s.spec.trace_arguments.split_whitespace().map(str::to_owned).collect(),
         }
+    }
+
+    /// Every session's namespace (see [`Session::namespace`]), by id as the wire has it.
+    pub fn namespaces(&self) -> BTreeMap<String, Option<String>> {
+        self.map().values().map(|s| (s.id.to_string(), s.namespace().map(str::to_owned))).collect()
     }
 
     /// Every session's wire form.
