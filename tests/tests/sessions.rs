@@ -652,7 +652,9 @@ fn session_limits_answer_429_naming_the_flag_and_free_places_are_taken_again() {
     node.create_session(&serde_json::from_str(&body).expect("json")).expect("a deleted session frees its place");
     assert_eq!(node.call("DELETE", "/v1/trace-session/all", None).expect("delete all").0, 200);
 
-    // Kernel memory: 2 CPUs x 1024 KiB is more than a 1 MiB budget.
+    // Kernel memory: 2 CPUs x 1024 KiB is more than a 1 MiB budget. The container goes first,
+    // while the node its hooks talk to still runs (its poststop would spool otherwise).
+    rt.delete(&cid).expect("delete");
     drop(node);
     let node = Node::start_with(&["--trace-buffer-kb", "1024", "--trace-memory-budget-mb", "1"]).expect("tracer-node");
     let sid = node
@@ -662,5 +664,4 @@ fn session_limits_answer_429_naming_the_flag_and_free_places_are_taken_again() {
     assert_eq!(status, 429, "{v}");
     assert!(v["Error"].as_str().is_some_and(|e| e.contains("--trace-memory-budget-mb")), "{v}");
     assert!(node.instances().is_empty());
-    rt.delete(&cid).expect("delete");
 }

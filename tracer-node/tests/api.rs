@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::{atomic::AtomicBool, Arc};
+use std::sync::Arc;
 
 use axum::{body::Body, http::Request};
 use common::{create_event, registry, Proc};
@@ -12,20 +12,7 @@ use tower::ServiceExt;
 use tracer_node::{router, AppState};
 
 fn state(reg: Arc<tracer_node::registry::Registry>) -> AppState {
-    // Session handling is covered against the real tracefs in the end-to-end tests; here a
-    // tracefs that is only a directory is enough.
-    let tracefs = tracer_node::ftrace::Tracefs::at(std::env::temp_dir());
-    let catalog = Arc::new(tracer_node::hooks::Catalog::new(tracefs.clone(), Vec::new()));
-    let sessions =
-        tracer_node::sessions::SessionManager::new("node-a".into(), tracefs, catalog, reg.clone(), Default::default());
-    AppState {
-        registry: reg,
-        sessions,
-        node_name: "node-a".into(),
-        ready: Arc::new(AtomicBool::new(true)),
-        auth: Arc::default(),
-        insecure: false,
-    }
+    common::app_state(reg, Default::default(), false)
 }
 
 async fn get(app: &AppState, path: &str) -> (u16, Option<String>, Value) {

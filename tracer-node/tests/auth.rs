@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::{body::Body, http::Request};
 use common::{private_dir, registry};
 use http_body_util::BodyExt;
@@ -16,19 +14,7 @@ use tracer_node::{
 };
 
 fn state(policy: AuthPolicy, insecure: bool) -> AppState {
-    let reg = registry(None);
-    let tracefs = tracer_node::ftrace::Tracefs::at(std::env::temp_dir());
-    let catalog = Arc::new(tracer_node::hooks::Catalog::new(tracefs.clone(), Vec::new()));
-    let sessions =
-        tracer_node::sessions::SessionManager::new("node-a".into(), tracefs, catalog, reg.clone(), Default::default());
-    AppState {
-        registry: reg,
-        sessions,
-        node_name: "node-a".into(),
-        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        auth: Arc::new(policy),
-        insecure,
-    }
+    common::app_state(registry(None), policy, insecure)
 }
 
 async fn call(app: &AppState, path: &str, authorization: Option<&str>) -> (u16, Option<String>, Value) {

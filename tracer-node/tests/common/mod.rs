@@ -90,3 +90,24 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The API's state over `reg`, with a tracefs that is only a directory (sessions are covered
+/// against the real tracefs in the end-to-end tests).
+pub fn app_state(
+    reg: Arc<Registry>,
+    auth: tracer_node::api::auth::AuthPolicy,
+    insecure: bool,
+) -> tracer_node::AppState {
+    let tracefs = tracer_node::ftrace::Tracefs::at(std::env::temp_dir());
+    let catalog = Arc::new(tracer_node::hooks::Catalog::new(tracefs.clone(), Vec::new()));
+    let sessions =
+        tracer_node::sessions::SessionManager::new("node-a".into(), tracefs, catalog, reg.clone(), Default::default());
+    tracer_node::AppState {
+        registry: reg,
+        sessions,
+        node_name: "node-a".into(),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        auth: Arc::new(auth),
+        insecure,
+    }
+}
