@@ -20,6 +20,10 @@ pub struct Metrics {
     pub events_lost_kernel: AtomicU64,
     /// Events a following `events` stream missed.
     pub events_dropped_streams: AtomicU64,
+    /// Following event streams now (a gauge).
+    pub followers: AtomicU64,
+    /// Following streams cut off for not reading.
+    pub followers_cut_off: AtomicU64,
     /// Events waiting for export now (a gauge).
     pub export_queue: AtomicU64,
     /// Events exported (log records or span events).
@@ -135,6 +139,7 @@ pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
             ("sessions_running", "Running trace sessions.", g.sessions_running),
             ("export_enabled", "1 when OTLP export is configured.", u64::from(g.export_enabled)),
             ("export_queue_events", "Events waiting for OTLP export.", l(&m.export_queue)),
+            ("followers", "Following event streams (?follow=true) open now.", l(&m.followers)),
         ],
         counters: vec![
             ("events_read", "Kernel events read from ftrace.", one(l(&m.events_read))),
@@ -187,6 +192,11 @@ pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
                     ([("result", "stale"), ("", "")], l(&r.spool_refused)),
                     ([("result", "unreadable"), ("", "")], l(&r.spool_unreadable)),
                 ],
+            ),
+            (
+                "followers_cut_off",
+                "Following event streams ended because their client did not read for 10 s.",
+                one(l(&m.followers_cut_off)),
             ),
             (
                 "late_attachments",

@@ -181,7 +181,11 @@ pub(super) async fn get_events(
     let (store, formats) = session.events();
     let node = state.node_name.clone();
     let sid = id.to_string();
-    let (snapshot, live) = if q.follow { store.follow() } else { (store.snapshot(), store.follow_closed()) };
+    let (snapshot, live) = if q.follow {
+        store.follow().map_err(|e| ApiError::TooManyRequests(e.to_string()))?
+    } else {
+        (store.snapshot(), store.follow_closed())
+    };
     // What is retained comes out in time order across CPUs; live batches as they arrive.
     let mut order: Vec<(u64, u32, u32)> = Vec::new();
     for (b, batch) in snapshot.iter().enumerate() {

@@ -90,18 +90,44 @@ struct Retained {
     events: usize,
 }
 
-/// Depth of a follower's queue, in pages.
-const FOLLOWER_QUEUE: usize = 1024;
+/// Depth of a follower's queue, in pages (a page and its records: about 8 KiB).
+const FOLLOWER_QUEUE: usize = 256;
+/// Followers of one session at most.
+pub const MAX_FOLLOWERS_PER_SESSION: usize = 16;
+/// Followers of all sessions at most: with full queues about 2 MiB each.
+pub const MAX_FOLLOWERS: u64 = 128;
+/// A follower whose queue stays full this long is cut off: it does not read.
+const STALLED_CUTOFF: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One live follower.
+#[derive(Debug)]
+struct Follower {
+    tx: mpsc::Sender<Arc<Batch>>,
+    /// Since when its queue has been full.
+    full_since: Option<std::time::Instant>,
+}
+
+/// Why a follower is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FollowError {
+    /// The session has its maximum of followers.
+    #[error("this session has {0} following streams already, the most it takes")]
+    Session(usize),
+    /// The node has its maximum of followers.
+    #[error("the node has {0} following streams already, the most it takes")]
+    Node(u64),
+}
 
 /// The retention buffer and the followers of one session.
 #[derive(Debug)]
 pub struct EventStore {
     retained: Mutex<Retained>,
-    followers: Mutex<Vec<mpsc::Sender<Arc<Batch>>>>,
+    followers: Mutex<Vec<Follower>>,
     sinks: Mutex<Vec<crate::export::Sink>>,
     counters: Counters,
     capacity: usize,
     metrics: Arc<Metrics>,
+    stall_cutoff: std::time::Duration,
 }
 
 impl EventStore {
@@ -114,6 +140,7 @@ impl EventStore {
             counters: Counters::default(),
             capacity,
             metrics,
+            stall_cutoff: STALLED_CUTOFF,
         }
     }
 
@@ -144,15 +171,26 @@ impl EventStore {
             self.counters.aged_out.fetch_add(old.records.len() as u64, Ordering::Relaxed);
         }
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
-        followers.retain(|tx| match tx.try_send(batch.clone()) {
-            Ok(()) => true,
+        let before = followers.len();
+        followers.retain_mut(|f| match f.tx.try_send(batch.clone()) {
+            Ok(()) => {
+                f.full_since = None;
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
                 self.metrics.events_dropped_streams.fetch_add(n as u64, Ordering::Relaxed);
-                true
+                let since = *f.full_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() < self.stall_cutoff {
+                    return true;
+                }
+                // It has not read for that long: its stream ends after what is queued.
+                self.metrics.followers_cut_off.fetch_add(1, Ordering::Relaxed);
+                false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+        self.metrics.followers.fetch_sub((before - followers.len()) as u64, Ordering::Relaxed);
         drop(followers);
         self.sinks.lock().unwrap_or_else(|p| p.into_inner()).retain(|sink| sink.offer(&batch));
     }
@@ -164,11 +202,24 @@ impl EventStore {
 
     /// The retained events, then every new batch on the returned channel until the session
     /// stops.
-    pub fn follow(&self) -> (Vec<Arc<Batch>>, mpsc::Receiver<Arc<Batch>>) {
+    /// Refused past [`MAX_FOLLOWERS_PER_SESSION`] and [`MAX_FOLLOWERS`].
+    pub fn follow(&self) -> Result<(Vec<Arc<Batch>>, mpsc::Receiver<Arc<Batch>>), FollowError> {
         let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
         let r = self.retained.lock().unwrap_or_else(|p| p.into_inner());
-        self.followers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        (r.batches.iter().cloned().collect(), rx)
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        // Clients that went away since the last batch do not count.
+        let before = followers.len();
+        followers.retain(|f| !f.tx.is_closed());
+        self.metrics.followers.fetch_sub((before - followers.len()) as u64, Ordering::Relaxed);
+        if followers.len() >= MAX_FOLLOWERS_PER_SESSION {
+            return Err(FollowError::Session(MAX_FOLLOWERS_PER_SESSION));
+        }
+        self.metrics
+            .followers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < MAX_FOLLOWERS).then_some(n + 1))
+            .map_err(|_| FollowError::Node(MAX_FOLLOWERS))?;
+        followers.push(Follower { tx, full_since: None });
+        Ok((r.batches.iter().cloned().collect(), rx))
     }
 
     /// A channel that is already closed: the tail of a non-following events stream.
@@ -178,7 +229,10 @@ impl EventStore {
 
     /// Ends every follower's stream and export sink (the session stopped).
     pub fn close_followers(&self) {
-        self.followers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        self.metrics.followers.fetch_sub(followers.len() as u64, Ordering::Relaxed);
+        followers.clear();
+        drop(followers);
         self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
@@ -478,7 +532,7 @@ mod tests {
     #[test]
     fn a_slow_follower_is_counted_as_dropped_and_never_blocks() {
         let store = EventStore::new(1_000_000, Arc::default());
-        let (snap, mut rx) = store.follow();
+        let (snap, mut rx) = store.follow().expect("a follower");
         assert!(snap.is_empty());
         let resolver = Resolver::new(Procfs::new("/proc", "/sys"), Arc::default());
         let info = Arc::new(resolver.resolve(1, 0));
@@ -492,5 +546,68 @@ mod tests {
         store.close_followers();
         while rx.try_recv().is_ok() {}
         assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+    }
+
+    fn one_batch() -> Batch {
+        let info = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), Arc::default()).resolve(1, 0));
+        Batch {
+            cpu: 0,
+            page: vec![],
+            records: vec![Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info }],
+        }
+    }
+
+    #[test]
+    fn followers_are_capped_per_session_and_per_node_and_a_stalled_one_is_cut_off() {
+        let metrics = Arc::new(Metrics::default());
+        let store = EventStore::new(1000, metrics.clone());
+        let mut kept: Vec<_> = (0..MAX_FOLLOWERS_PER_SESSION).map(|_| store.follow().expect("follower").1).collect();
+        assert_eq!(store.follow().err(), Some(FollowError::Session(MAX_FOLLOWERS_PER_SESSION)));
+        drop(kept.pop());
+        store.follow().expect("a client that left frees its place");
+        store.close_followers();
+        drop(kept);
+        assert_eq!(metrics.followers.load(Ordering::Relaxed), 0);
+
+        // Node-wide, over many sessions.
+        let stores: Vec<EventStore> = (0..MAX_FOLLOWERS as usize / MAX_FOLLOWERS_PER_SESSION + 1)
+            .map(|_| EventStore::new(1000, metrics.clone()))
+            .collect();
+        let mut open = Vec::new();
+        let refused = stores
+            .iter()
+            .flat_map(|s| (0..MAX_FOLLOWERS_PER_SESSION).map(move |_| s.follow()))
+            .filter_map(|r| match r {
+                Ok((_, rx)) => {
+                    open.push(rx);
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(open.len() as u64, MAX_FOLLOWERS);
+        assert!(refused.iter().all(|e| *e == FollowError::Node(MAX_FOLLOWERS)), "{refused:?}");
+        for s in &stores {
+            s.close_followers();
+        }
+        drop(open);
+
+        // A follower that never reads is cut off once its queue stayed full past the cut-off.
+        let mut store = EventStore::new(1000, metrics.clone());
+        store.stall_cutoff = std::time::Duration::from_millis(20);
+        let (_, mut stalled) = store.follow().expect("follower");
+        for _ in 0..FOLLOWER_QUEUE + 1 {
+            store.push(one_batch());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        store.push(one_batch());
+        assert_eq!(metrics.followers_cut_off.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.followers.load(Ordering::Relaxed), 0);
+        let mut queued = 0;
+        while stalled.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, FOLLOWER_QUEUE, "what was queued is delivered, then the stream ends");
+        assert!(matches!(stalled.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
     }
 }
