@@ -99,6 +99,9 @@ pub const MAX_FOLLOWERS: u64 = 128;
 /// A follower whose queue stays full this long is cut off: it does not read.
 const STALLED_CUTOFF: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a new follower gets: the retained batches, then the live ones.
+pub type Following = (Vec<Arc<Batch>>, mpsc::Receiver<Arc<Batch>>);
+
 /// One live follower.
 #[derive(Debug)]
 struct Follower {
@@ -203,7 +206,7 @@ impl EventStore {
     /// The retained events, then every new batch on the returned channel until the session
     /// stops.
     /// Refused past [`MAX_FOLLOWERS_PER_SESSION`] and [`MAX_FOLLOWERS`].
-    pub fn follow(&self) -> Result<(Vec<Arc<Batch>>, mpsc::Receiver<Arc<Batch>>), FollowError> {
+    pub fn follow(&self) -> Result<Following, FollowError> {
         let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
         let r = self.retained.lock().unwrap_or_else(|p| p.into_inner());
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
