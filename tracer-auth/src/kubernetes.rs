@@ -151,6 +151,18 @@ impl KubernetesAuth {
         Self { client, users: Cache::new(), decisions: Cache::new() }
     }
 
+    /// POSTs a review (a create that stores nothing) and answers it with its status.
+    async fn review<K>(&self, what: &'static str, review: &K) -> Result<K, KubernetesAuthError>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), review))
+            .await
+            .map_err(|_| KubernetesAuthError::Review { what, reason: "timed out".into() })?
+            .map_err(|e| KubernetesAuthError::Review { what, reason: e.to_string() })
+    }
+
     /// Who `token` belongs to; `None` when the API server says it is not valid.
     pub async fn authenticate(&self, token: &str) -> Result<Option<User>, KubernetesAuthError> {
         if let Some(u) = self.users.get(&token.to_owned()) {
@@ -160,11 +172,7 @@ impl KubernetesAuth {
             spec: TokenReviewSpec { token: Some(token.to_owned()), ..Default::default() },
             ..Default::default()
         };
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &review))
-            .await
-            .map_err(|_| KubernetesAuthError::Review { what: "review the token", reason: "timed out".into() })?
-            .map_err(|e| KubernetesAuthError::Review { what: "review the token", reason: e.to_string() })?;
+        let answer = self.review("review the token", &review).await?;
         let status = answer.status.unwrap_or_default();
         let user = match (status.authenticated, status.user) {
             (Some(true), Some(u)) => Some(User {
@@ -212,11 +220,7 @@ impl KubernetesAuth {
             },
             ..Default::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &review))
-            .await
-            .map_err(|_| KubernetesAuthError::Review { what: "review the access", reason: "timed out".into() })?
-            .map_err(|e| KubernetesAuthError::Review { what: "review the access", reason: e.to_string() })?;
+        let answer = self.review("review the access", &review).await?;
         let status = answer.status.unwrap_or_default();
         if let Some(e) = status.evaluation_error.as_deref().filter(|e| !e.is_empty()) {
             warn!(user = %user.name, error = %e, "the authorizer reported an evaluation error");

@@ -6,6 +6,7 @@
 //! depend on where a guess first differs.
 
 pub mod kubernetes;
+pub mod reload;
 mod token_file;
 
 pub use kubernetes::{Attributes, Decision, KubernetesAuth, KubernetesAuthError, User};

@@ -5,15 +5,13 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use tracing::{error, info, warn};
 
-use crate::{constant_time_eq, Unauthenticated};
+use crate::{constant_time_eq, reload::Reload, Unauthenticated};
 
-/// How often the file is looked at for a change.
-const POLL: Duration = Duration::from_secs(2);
 /// A token file larger than this is refused (it is a list of secrets, not a database).
 const MAX_BYTES: u64 = 1024 * 1024;
 /// Tokens kept at most.
@@ -131,20 +129,11 @@ impl TokenFile {
             }
         }
     }
+}
 
-    /// Looks for changes every [`POLL`] until the returned task is aborted (file I/O on the
-    /// blocking pool, never on the async workers).
-    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let file = me.clone();
-                let _ = tokio::task::spawn_blocking(move || file.reload_if_changed()).await;
-            }
-        })
+impl Reload for TokenFile {
+    fn reload_if_changed(&self) {
+        TokenFile::reload_if_changed(self);
     }
 }
 

@@ -159,7 +159,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
 
     let token_watch = match &auth {
-        api::auth::Auth::Tokens(t) => Some(t.watch()),
+        api::auth::Auth::Tokens(t) => Some(tracer_auth::reload::watch(t)),
         api::auth::Auth::Open | api::auth::Auth::Kubernetes(_) => None,
     };
     let insecure = matches!(auth, api::auth::Auth::Open) && !config.address.ip().is_loopback();
@@ -186,7 +186,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         %address, tls = tls.is_some(), registry_socket = %config.registry_socket.display(),
         containers = registry.len(), "ready"
     );
-    let cert_watch = tls.as_ref().map(|c| c.watch());
+    let cert_watch = tls.as_ref().map(tracer_auth::reload::watch);
     let served = match &tls {
         Some(cert) => {
             let listener = tracer_tls::TlsListener::new(http, cert.server_config()?)

@@ -3,7 +3,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use rustls::{
@@ -14,9 +14,6 @@ use rustls::{
     ServerConfig,
 };
 use tracing::{error, info};
-
-/// How often the files are looked at for a change.
-const POLL: Duration = Duration::from_secs(2);
 
 /// Why the certificate cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -115,20 +112,6 @@ impl ReloadingCert {
         }
     }
 
-    /// Looks for changes every [`POLL`] until the returned task is aborted.
-    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(POLL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let c = me.clone();
-                let _ = tokio::task::spawn_blocking(move || c.reload_if_changed()).await;
-            }
-        })
-    }
-
     /// A rustls server configuration (TLS 1.2 and 1.3, HTTP/1.1) serving this certificate.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -138,6 +121,12 @@ impl ReloadingCert {
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+}
+
+impl tracer_auth::reload::Reload for ReloadingCert {
+    fn reload_if_changed(&self) {
+        ReloadingCert::reload_if_changed(self);
     }
 }
 
