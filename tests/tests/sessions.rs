@@ -529,10 +529,11 @@ fn every_event_of_a_multi_container_session_is_attributed_to_its_own_container()
         let unattributed: Vec<&Value> = events.iter().filter(|e| e["container"] == "").collect();
         assert!(
             unattributed.is_empty(),
-            "{what}: {} of {} events without a container, e.g. {:?}",
+            "{what}: {} of {} events without a container, e.g. {:?}; readers that gave up waiting: {:?}",
             unattributed.len(),
             events.len(),
-            &unattributed[..unattributed.len().min(3)]
+            &unattributed[..unattributed.len().min(3)],
+            node.log().lines().filter(|l| l.contains("did not catch up")).collect::<Vec<_>>()
         );
         let mut checked = 0;
         for e in &events {

@@ -6,7 +6,6 @@ pub mod format;
 pub mod instance;
 pub mod reader;
 pub mod ring;
-pub mod sentinel;
 pub mod tracefs;
 
 pub use instance::Instance;

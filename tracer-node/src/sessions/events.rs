@@ -286,9 +286,11 @@ pub struct Decoding {
     /// Events recorded for attribution only (the hook did not ask for them): never shown,
     /// stored or counted.
     pub hidden: Arc<Vec<u16>>,
-    /// The sentinel thread (see `ftrace::sentinel`): its events, if it ever has any, are not
-    /// a container's.
-    pub sentinel: Option<u32>,
+    /// Where the run's events begin (trace clock), 0 while the start still programs the pid
+    /// filter. Recording is turned on before the filter is written, so that no fork of a
+    /// container's process goes unrecorded: what comes before this is not shown (the host's
+    /// events of that instant), but its forks and exits are still followed.
+    pub from_ts: Arc<AtomicU64>,
 }
 
 /// Builds the consumer of one CPU's pages.
@@ -330,13 +332,20 @@ pub fn page_consumer(
         }
         let Some(last_ts) = parsed.events.last().map(|e| e.ts) else { return };
         progress.consumed(last_ts);
+        // The start stores it microseconds after the filter write returns; bounded anyway.
+        let wait = std::time::Instant::now();
+        let mut from = decoding.from_ts.load(Ordering::Acquire);
+        while from == 0 && wait.elapsed() < CATCH_UP {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            from = decoding.from_ts.load(Ordering::Acquire);
+        }
 
         let mut records = Vec::with_capacity(parsed.events.len());
         let mut caught_up = false;
         let mut unknown: Vec<i32> = Vec::new();
         for ev in &parsed.events {
             let Some((event_id, pid)) = ids(ev) else { continue };
-            if decoding.hidden.contains(&event_id) || decoding.sentinel.is_some_and(|t| t as i32 == pid) {
+            if decoding.hidden.contains(&event_id) || ev.ts < from {
                 continue;
             }
             // After an exec the thread has a new command: ask procfs again.
@@ -423,7 +432,7 @@ mod tests {
             fork,
             exit: None,
             hidden: Arc::new(hidden),
-            sentinel: None,
+            from_ts: Arc::new(AtomicU64::new(1)),
         }
     }
 

@@ -720,6 +720,12 @@ impl SessionManager {
     }
 }
 
+/// CLOCK_MONOTONIC now, in ns: the instances' `mono` trace clock.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
+
 /// Why a start failed, and whether the kernel was only short of resources then.
 #[derive(Debug)]
 struct StartFailure {
@@ -760,9 +766,13 @@ fn start_ftrace(
     let step = |what: &str, r: Result<(), crate::ftrace::TracefsError>| r.map_err(|e| StartFailure::kernel(what, &e));
     step("buffer size", instance.write("buffer_size_kb", &settings.buffer_kb.to_string()))?;
     // The monotonic clock, so timestamps can be converted to wall time (and compared across CPUs).
-    if let Err(e) = instance.write("trace_clock", "mono") {
-        warn!(session = s.id, error = %e, "cannot use the mono trace clock; keeping the default");
-    }
+    let mono = match instance.write("trace_clock", "mono") {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(session = s.id, error = %e, "cannot use the mono trace clock; keeping the default");
+            false
+        }
+    };
     step("event-fork option", instance.set_option("event-fork", true))?;
     // The kernel then remembers each thread's process, for threads gone before we look.
     if let Err(e) = instance.set_option("record-tgid", true) {
@@ -844,14 +854,9 @@ fn start_ftrace(
             .collect(),
     );
     let (resolver, store) = (s.resolver.clone(), s.store.clone());
-    let decoding = events::Decoding {
-        header,
-        exec_ids,
-        fork,
-        exit,
-        hidden: Arc::new(hidden),
-        sentinel: crate::ftrace::sentinel::tid(),
-    };
+    let from_ts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let decoding =
+        events::Decoding { header, exec_ids, fork, exit, hidden: Arc::new(hidden), from_ts: from_ts.clone() };
     let readers = Readers::start(&instance, page_size, |cpu, progress| {
         events::page_consumer(cpu, decoding.clone(), resolver.clone(), store.clone(), progress)
     })
@@ -876,26 +881,25 @@ fn start_ftrace(
         s.store.add_sink(sink);
         handle
     });
-    // Recording starts before the containers' threads enter the filter, with only the sentinel
-    // in it: every fork from then on is recorded, so no thread is ever recorded without the
-    // fork that ties it to its container. A session with no container yet starts recording
-    // when the first one is attached (before that container's init runs).
-    let sentinel = crate::ftrace::sentinel::tid();
+    // Recording starts before the pid filter exists (then the kernel records every thread),
+    // and the filter is written as the instance's first list. A later write that replaces a
+    // list leaves, for a whole RCU grace period, running tasks in the new list whose forks are
+    // still ignored: their children would be recorded with no fork to tie them to their
+    // container. Events before the write returned are not shown (the host's of that moment),
+    // but the readers follow their forks and exits. Without the mono clock the timestamps
+    // cannot be compared with ours: then the filter goes first and recording after it.
     let tids: Vec<u32> = st.containers.values().flat_map(|a| container_tids(registry, a, &s.resolver)).collect();
     let recording = !tids.is_empty();
-    let started = match (recording, sentinel) {
+    let pid_filter =
+        |tids: &[u32]| instance.add_pids(tids, functions).map_err(|e| StartFailure::kernel("pid filter", &e));
+    let tracing_on = || instance.set_tracing_on(true).map_err(|e| StartFailure::kernel("tracing_on", &e));
+    let started = match (recording, mono) {
         (false, _) => Ok(()),
-        (true, Some(sentinel)) => instance
-            .add_pids(&[sentinel], functions)
-            .map_err(|e| StartFailure::kernel("pid filter", &e))
-            .and_then(|()| instance.set_tracing_on(true).map_err(|e| StartFailure::kernel("tracing_on", &e)))
-            .and_then(|()| instance.add_pids(&tids, functions).map_err(|e| StartFailure::kernel("pid filter", &e))),
-        // No sentinel thread: the filter first, then recording (a fork in between is missed).
-        (true, None) => instance
-            .add_pids(&tids, functions)
-            .map_err(|e| StartFailure::kernel("pid filter", &e))
-            .and_then(|()| instance.set_tracing_on(true).map_err(|e| StartFailure::kernel("tracing_on", &e))),
+        (true, true) => tracing_on().and_then(|()| pid_filter(&tids)),
+        (true, false) => pid_filter(&tids).and_then(|()| tracing_on()),
     };
+    // From here on the filter holds, whatever the order above.
+    from_ts.store(monotonic_ns().max(1), std::sync::atomic::Ordering::Release);
     if let Err(failure) = started {
         readers.stop_and_join();
         if let Some(export) = export {
