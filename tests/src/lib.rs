@@ -121,6 +121,8 @@ pub struct Node {
     port: u16,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// A command that execs tracer-node (e.g. `prlimit --nofile=1024:1024`).
+    wrapper: Vec<String>,
 }
 
 impl Node {
@@ -136,12 +138,20 @@ impl Node {
 
     /// Starts tracer-node with extra flags and environment variables (for it alone).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_wrapped(&[], extra, env)
+    }
+
+    /// Starts tracer-node through `wrapper`, a command that execs it with its arguments (so
+    /// the daemon keeps the wrapper's pid), such as `prlimit --nofile=1024:1024`.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ct-node-").tempdir()?;
         let port = free_port()?;
         let prefix = format!("{}-", unique("ct-test"));
         let extra = extra.iter().map(|s| (*s).to_owned()).collect();
         let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        let mut node = Node { url: format!("http://127.0.0.1:{port}"), dir, prefix, child: None, port, extra, env };
+        let wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+        let mut node =
+            Node { url: format!("http://127.0.0.1:{port}"), dir, prefix, child: None, port, extra, env, wrapper };
         node.spawn()?;
         Ok(node)
     }
@@ -227,7 +237,15 @@ impl Node {
 
     fn spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("node.log"))?;
-        let child = Command::new(binary("tracer-node"))
+        let mut command = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary("tracer-node"));
+                c
+            }
+            None => Command::new(binary("tracer-node")),
+        };
+        let child = command
             .args(["--address", &format!("127.0.0.1:{}", self.port)])
             .arg("--registry-socket")
             .arg(self.socket())

@@ -111,6 +111,31 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub attach_budget_ms: u64,
 
+    /// REST API connections open at once at most (TLS handshakes included); at the cap the
+    /// connection idle the longest is closed to admit a new one. The daemon raises its fd soft
+    /// limit to the hard one at start-up and lowers this cap to fit below it, with room for the
+    /// registry socket, the spool and the running sessions' files.
+    #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Seconds a client has to send a request's headers, from its connection's start or the
+    /// end of its previous request (so it also closes idle keep-alive connections).
+    #[arg(long, env = "TRACER_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a client has to send a request's whole body.
+    #[arg(long, env = "TRACER_HTTP_BODY_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_body_timeout_secs: u64,
+
+    /// Seconds a client may read nothing of an answer (a stalled download or event stream)
+    /// before its connection is dropped.
+    #[arg(long, env = "TRACER_HTTP_WRITE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_write_timeout_secs: u64,
+
     /// OTLP export.
     #[command(flatten)]
     pub export: crate::export::ExportArgs,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod export;
 pub mod ftrace;
 pub mod hooks;
+pub mod http_limits;
 pub mod metrics;
 pub mod registry;
 pub mod sessions;
@@ -91,6 +92,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         _ => None,
     };
     caps::check()?;
+    // Before any file is opened: the connection cap is sized within this limit.
+    let fd = tracer_http::fd_limit::raise(1 << 20);
     // Before anything is touched: a second daemon must fail here, not after it has replaced the
     // first one's socket or removed its ftrace instances as stale.
     let socket_dir = config.registry_socket.parent().unwrap_or(std::path::Path::new("/"));
@@ -170,7 +173,24 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         warn!(address = %config.address, "bearer tokens cross the network in clear text: give --tls-cert and --tls-key");
     }
     let policy = Arc::new(api::auth::AuthPolicy { auth, protect_metrics: config.auth_metrics });
+    let sizing = http_limits::size(&config, fd, sessions.cpus());
+    if sizing.starved {
+        warn!(
+            fd_soft_limit = fd.soft,
+            fd_hard_limit = fd.hard,
+            reserve = sizing.reserve,
+            max_connections = sizing.limits.max_connections,
+            "the fd limit is too low for --max-running-sessions and the registry: raise LimitNOFILE"
+        );
+    }
+    info!(
+        fd_soft_limit = fd.soft,
+        raised_from = fd.was,
+        max_connections = sizing.limits.max_connections,
+        "connection cap sized"
+    );
     let ready = Arc::new(AtomicBool::new(false));
+    let http_stats = Arc::new(tracer_http::ServerStats::default());
     let state = AppState {
         registry: registry.clone(),
         sessions: sessions.clone(),
@@ -178,23 +198,21 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ready: ready.clone(),
         auth: policy,
         insecure,
+        http: http_stats.clone(),
     };
     let address = config.address;
-    let http = tokio::net::TcpListener::bind(address).await.map_err(|source| RunError::Serve { address, source })?;
+    let http = tracer_http::bind(address).map_err(|source| RunError::Serve { address, source })?;
     ready.store(true, std::sync::atomic::Ordering::Release);
     info!(
         %address, tls = tls.is_some(), registry_socket = %config.registry_socket.display(),
         containers = registry.len(), "ready"
     );
     let cert_watch = tls.as_ref().map(tracer_auth::reload::watch);
-    let served = match &tls {
-        Some(cert) => {
-            let listener = tracer_tls::TlsListener::new(http, cert.server_config()?)
-                .map_err(|source| RunError::Serve { address, source })?;
-            axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await
-        }
-        None => axum::serve(http, router(state)).with_graceful_shutdown(shutdown_signal()).await,
+    let server_tls = match &tls {
+        Some(cert) => Some(cert.server_config()?),
+        None => None,
     };
+    tracer_http::serve(http, server_tls, router(state), sizing.limits, http_stats, shutdown_signal()).await;
     if let Some(t) = cert_watch {
         t.abort();
     }
@@ -213,7 +231,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let _ = std::fs::remove_file(&config.registry_socket);
     info!("stopped");
-    served.map_err(|source| RunError::Serve { address, source })
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

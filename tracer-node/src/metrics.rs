@@ -10,6 +10,7 @@ use prometheus_client::{
     metrics::MetricType,
     registry::Registry,
 };
+use tracer_http::ServerStats;
 
 /// Counters of the event pipeline and the exporter, over every session this daemon ran.
 #[derive(Debug, Default)]
@@ -120,7 +121,7 @@ impl Collector for Scrape {
 static OVERRUNS_REPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// The OpenMetrics text exposition of everything (what Prometheus scrapes).
-pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
+pub fn render(m: &Metrics, r: &RegistryCounters, http: &ServerStats, g: &Gauges) -> String {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     const NONE: [(&str, &str); 2] = [("", ""), ("", "")];
     let one = |v: u64| vec![(NONE, v)];
@@ -140,6 +141,7 @@ pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
             ("export_enabled", "1 when OTLP export is configured.", u64::from(g.export_enabled)),
             ("export_queue_events", "Events waiting for OTLP export.", l(&m.export_queue)),
             ("followers", "Following event streams (?follow=true) open now.", l(&m.followers)),
+            ("http_connections", "REST API connections open now.", l(&http.open)),
         ],
         counters: vec![
             ("events_read", "Kernel events read from ftrace.", one(l(&m.events_read))),
@@ -198,6 +200,19 @@ pub fn render(m: &Metrics, r: &RegistryCounters, g: &Gauges) -> String {
                 "Following event streams ended because their client did not read for 10 s.",
                 one(l(&m.followers_cut_off)),
             ),
+            ("http_connections_accepted", "REST API connections accepted.", one(l(&http.accepted))),
+            (
+                "http_connections_closed",
+                "REST API connections closed by the server before the client was done, by reason.",
+                vec![
+                    ([("reason", "idle_at_cap"), ("", "")], l(&http.evicted)),
+                    ([("reason", "refused_at_cap"), ("", "")], l(&http.refused)),
+                    ([("reason", "header_timeout"), ("", "")], l(&http.header_timeouts)),
+                    ([("reason", "body_timeout"), ("", "")], l(&http.body_timeouts)),
+                    ([("reason", "write_timeout"), ("", "")], l(&http.write_timeouts)),
+                    ([("reason", "tls_handshake"), ("", "")], l(&http.handshake_failures)),
+                ],
+            ),
             (
                 "late_attachments",
                 "New containers whose hook was answered before they were attached to every running session.",
@@ -224,7 +239,8 @@ mod tests {
         m.export_request_successes.store(7, Ordering::Relaxed);
         let r = RegistryCounters::default();
         r.hook_created.store(2, Ordering::Relaxed);
-        let text = render(&m, &r, &Gauges { containers: 3, live_overrun: 4, ..Gauges::default() });
+        let text =
+            render(&m, &r, &ServerStats::default(), &Gauges { containers: 3, live_overrun: 4, ..Gauges::default() });
         assert!(text.contains("# TYPE container_tracer_events_read counter\n"), "{text}");
         assert!(text.contains("\ncontainer_tracer_events_read_total 5\n"), "{text}");
         assert!(text.contains("\ncontainer_tracer_registered_containers 3\n"), "{text}");
@@ -238,7 +254,7 @@ mod tests {
         }
         // The kernel overrun counter never goes down, even if a scrape sees a run's overrun both
         // live and finished, and the next one only finished.
-        let again = render(&m, &r, &Gauges::default());
+        let again = render(&m, &r, &ServerStats::default(), &Gauges::default());
         assert!(again.contains("\ncontainer_tracer_kernel_overruns_total 4\n"), "{again}");
     }
 }

@@ -41,6 +41,8 @@ pub struct AppState {
     pub auth: Arc<auth::AuthPolicy>,
     /// Set when a non-loopback address is served with `--insecure-no-auth`: `/readyz` says so.
     pub insecure: bool,
+    /// Counters of the HTTP server loop (connections, timeouts), for `/metrics`.
+    pub http: Arc<tracer_http::ServerStats>,
 }
 
 /// The API router; tests drive it with `tower::ServiceExt::oneshot`, no socket needed.
@@ -101,7 +103,7 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         export_enabled: state.sessions.exporter().is_some(),
         exit_watcher_up: state.registry.exit_watcher_alive(),
     };
-    let text = crate::metrics::render(state.sessions.metrics(), &state.registry.counters, &gauges);
+    let text = crate::metrics::render(state.sessions.metrics(), &state.registry.counters, &state.http, &gauges);
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
 }
 

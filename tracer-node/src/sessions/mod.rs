@@ -403,6 +403,11 @@ impl SessionManager {
         sessions.iter().map(|s| (s.id.to_string(), self.info(s))).collect()
     }
 
+    /// CPUs with a ring buffer: a running session holds one of each per-CPU file per CPU.
+    pub fn cpus(&self) -> u64 {
+        self.cpus
+    }
+
     /// The node's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.settings.metrics

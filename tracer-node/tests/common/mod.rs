@@ -109,5 +109,6 @@ pub fn app_state(
         ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         auth: Arc::new(auth),
         insecure,
+        http: Default::default(),
     }
 }

@@ -1,0 +1,27 @@
+//! The HTTP server loop of container-tracer's daemons (tracer-node's API today; the admission
+//! webhook and tracer-svc next).
+//!
+//! `axum::serve` holds every connection it accepts for as long as the client likes: on a node
+//! whose fd limit is 1,024, 1,100 idle connections stopped the daemon (the registry socket
+//! could no longer accept, hooks spooled), and unfinished headers, endless bodies and idle
+//! keep-alives were all held for minutes. This loop bounds each of them:
+//!
+//! - at most [`Limits::max_connections`] connections; at the cap the connection idle the
+//!   longest (no request in progress: keep-alive, unfinished headers, TLS handshake) is
+//!   closed to admit the new one, as nginx reuses keep-alive connections when it runs out; when
+//!   every connection has a request in progress the new one is answered 503 and closed;
+//! - a request's headers must arrive within [`Limits::header_timeout`] of the connection's
+//!   start or of the end of its previous request (which also closes idle keep-alives);
+//! - a request's body must arrive within [`Limits::body_timeout`] in total (a per-read timeout
+//!   lets a client dripping a byte a second hold a connection for ever);
+//! - a client that reads nothing of its answer for [`Limits::write_timeout`] is dropped;
+//! - TLS handshakes run inside the cap with [`Limits::handshake_timeout`].
+
+mod body;
+mod connections;
+pub mod fd_limit;
+mod io;
+mod server;
+
+pub use connections::ServerStats;
+pub use server::{bind, serve, Limits};
