@@ -98,20 +98,43 @@ pub(super) async fn get_session(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Sessions>, ApiError> {
+) -> Result<Response, ApiError> {
     if id == "all" {
-        let mut all = state.sessions.all();
-        let scopes = state.sessions.namespaces();
-        let named = scopes.values().flatten().map(String::as_str);
+        let mut all = state.sessions.list();
+        let named: Vec<&str> = all.iter().filter_map(|s| s.namespace()).collect();
         if let Some(allowed) = caller.namespaces_allowed("list", "trace-sessions", None, named).await? {
             // Sessions of any namespace are shown only to who may list them everywhere.
-            all.retain(|id, _| scopes.get(id).cloned().flatten().is_some_and(|ns| allowed.contains(&ns)));
+            all.retain(|s| s.namespace().is_some_and(|ns| allowed.contains(ns)));
         }
-        return Ok(Json(all));
+        return Ok(stream_sessions(state.sessions.clone(), all));
     }
     let s = session_for(&state, &caller, "get", None, parse_id(&id)?).await?;
     let info = state.sessions.info(&s);
-    Ok(Json(BTreeMap::from([(info.id.clone(), info)])))
+    Ok(Json(BTreeMap::from([(info.id.clone(), info)])).into_response())
+}
+
+/// `sessions` as the JSON object `Sessions`, one session per chunk, each read when the client
+/// is ready for it: the answer for every session of a node (a few MB at `--max-sessions` with
+/// large contexts) is never held in memory at once, however many clients ask and read slowly.
+fn stream_sessions(
+    manager: Arc<crate::sessions::SessionManager>,
+    sessions: Vec<Arc<crate::sessions::Session>>,
+) -> Response {
+    let entries = stream::iter(sessions.into_iter().enumerate()).map(move |(i, s)| {
+        let info = manager.info(&s);
+        let mut chunk = Vec::with_capacity(512);
+        if i > 0 {
+            chunk.push(b',');
+        }
+        serde_json::to_writer(&mut chunk, &info.id)?;
+        chunk.push(b':');
+        serde_json::to_writer(&mut chunk, &info)?;
+        Ok::<_, serde_json::Error>(Bytes::from(chunk))
+    });
+    let body = stream::once(async { Ok(Bytes::from_static(b"{")) })
+        .chain(entries)
+        .chain(stream::once(async { Ok(Bytes::from_static(b"}")) }));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response()
 }
 
 #[instrument(skip_all, fields(session = %id))]

@@ -126,6 +126,12 @@ impl Instance {
         Ok(())
     }
 
+    /// Empties the ring buffers of every CPU (what a reader has not read yet is lost).
+    pub fn clear_buffers(&self) -> Result<(), TracefsError> {
+        // Opening `trace` for writing with O_TRUNC resets the buffers.
+        self.write("trace", "")
+    }
+
     /// Turns recording on or off.
     pub fn set_tracing_on(&self, on: bool) -> Result<(), TracefsError> {
         self.write("tracing_on", if on { "1" } else { "0" })
