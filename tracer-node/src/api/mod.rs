@@ -94,7 +94,7 @@ async fn get_pods(
 
 /// Prometheus text exposition of the node's counters.
 async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    let (sessions, sessions_running, live_overrun) = state.sessions.gauges();
+    let (sessions, sessions_running, live_overrun) = state.sessions.gauges().await;
     let gauges = crate::metrics::Gauges {
         containers: state.registry.len() as u64,
         sessions,

@@ -179,7 +179,7 @@ pub(super) async fn get_stats(
 ) -> Result<Json<SessionStats>, ApiError> {
     let id = parse_id(&id)?;
     session_for(&state, &caller, "get", None, id).await?;
-    Ok(Json(state.sessions.stats(id)?))
+    Ok(Json(state.sessions.stats(id).await?))
 }
 
 /// Query of the events stream.

@@ -5,6 +5,7 @@ use std::{
     fs::{self, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -17,6 +18,8 @@ use super::tracefs::{Tracefs, TracefsError};
 pub struct Instance {
     name: String,
     dir: PathBuf,
+    /// Set once [`Instance::remove`] succeeded: dropping it has nothing left to do.
+    removed: AtomicBool,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TracefsError + 'a {
@@ -55,7 +58,7 @@ impl Instance {
             remove_dir_retrying(&dir)?;
         }
         fs::create_dir(&dir).map_err(io_err("mkdir", &dir))?;
-        let inst = Instance { name, dir };
+        let inst = Instance { name, dir, removed: AtomicBool::new(false) };
         // A new instance records at once; nothing may be recorded before the pid filter is set.
         inst.write("tracing_on", "0")?;
         Ok(inst)
@@ -155,6 +158,20 @@ impl Instance {
         Ok(text.lines().find_map(|l| l.strip_prefix("overrun:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
     }
 
+    /// Turns recording off and removes the instance (idempotent). Call it where a failure can
+    /// be reported and no lock is held: `rmdir` retries EBUSY while readers close their pipes.
+    /// Dropping an instance that was not removed removes it as a last resort.
+    pub fn remove(&self) -> Result<(), TracefsError> {
+        if self.removed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _ = self.set_tracing_on(false);
+        remove_dir_retrying(&self.dir)?;
+        self.removed.store(true, Ordering::Release);
+        debug!(instance = %self.name, "ftrace instance removed");
+        Ok(())
+    }
+
     /// Path of a CPU's binary pipe.
     pub fn pipe_raw(&self, cpu: usize) -> PathBuf {
         self.dir.join(format!("per_cpu/cpu{cpu}/trace_pipe_raw"))
@@ -163,10 +180,8 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let _ = self.set_tracing_on(false);
-        match remove_dir_retrying(&self.dir) {
-            Ok(()) => debug!(instance = %self.name, "ftrace instance removed"),
-            Err(e) => warn!(instance = %self.name, error = %e, "cannot remove ftrace instance"),
+        if let Err(e) = self.remove() {
+            warn!(instance = %self.name, error = %e, "cannot remove ftrace instance");
         }
     }
 }

@@ -129,7 +129,15 @@ struct Attached {
 }
 
 enum Run {
-    Ftrace { instance: Instance, readers: Option<Readers>, recording: bool, functions: bool },
+    /// `instance` is shared so its statistics can be read without the session lock; `stopping`
+    /// is set once a stop has begun: nothing is added to the instance any more.
+    Ftrace {
+        instance: Arc<Instance>,
+        readers: Option<Readers>,
+        recording: bool,
+        functions: bool,
+        stopping: bool,
+    },
     External(RunningExternal),
 }
 
@@ -417,32 +425,46 @@ impl SessionManager {
         self.settings.exporter.as_ref()
     }
 
-    /// (sessions, running sessions, kernel overrun of the runs in progress).
-    pub fn gauges(&self) -> (u64, u64, u64) {
+    /// (sessions, running sessions, kernel overrun of the runs in progress). The per-CPU stats
+    /// files are read on a blocking thread, with no session lock held.
+    pub async fn gauges(&self) -> (u64, u64, u64) {
         let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
-        let (mut running, mut overruns) = (0, 0);
+        let mut running = 0;
+        let mut instances = Vec::new();
         for s in &sessions {
             match &s.lock().run {
                 Some(Run::Ftrace { instance, .. }) => {
                     running += 1;
-                    overruns += overrun(instance);
+                    instances.push(instance.clone());
                 }
                 Some(Run::External(_)) => running += 1,
                 None => {}
             }
         }
+        let overruns = if instances.is_empty() {
+            0
+        } else {
+            tokio::task::spawn_blocking(move || instances.iter().map(|i| overrun(i)).sum()).await.unwrap_or(0)
+        };
         (sessions.len() as u64, running, overruns)
     }
 
-    /// The session's statistics.
-    pub fn stats(&self, id: u64) -> Result<SessionStats, SessionError> {
+    /// The session's statistics (per-CPU stats files read as in [`Self::gauges`]).
+    pub async fn stats(&self, id: u64) -> Result<SessionStats, SessionError> {
         let s = self.get(id)?;
-        let st = s.lock();
-        let live = match &st.run {
-            Some(Run::Ftrace { instance, .. }) => overrun(instance),
-            _ => 0,
+        let (running, instance) = {
+            let st = s.lock();
+            let instance = match &st.run {
+                Some(Run::Ftrace { instance, .. }) => Some(instance.clone()),
+                _ => None,
+            };
+            (st.run.is_some(), instance)
         };
-        Ok(s.store.stats(st.run.is_some(), live, s.export.snapshot()))
+        let live = match instance {
+            Some(i) => tokio::task::spawn_blocking(move || overrun(&i)).await.unwrap_or(0),
+            None => 0,
+        };
+        Ok(s.store.stats(running, live, s.export.snapshot()))
     }
 
     /// Adds a container to a session, and to its pid filter when it runs; `tids` are its
@@ -468,7 +490,7 @@ impl SessionManager {
             let at = if r.created_unix_ns > 0 { r.created_unix_ns } else { crate::export::model::unix_now() };
             export.container_started(tag, r.pid, at, true);
         }
-        if let Some(Run::Ftrace { instance, recording, functions, .. }) = &mut st.run {
+        if let Some(Run::Ftrace { instance, recording, functions, stopping: false, .. }) = &mut st.run {
             let tids = tids.get_or_init(|| threads_of(&self.registry, a.init, a.cgroup.as_deref()));
             s.resolver.known_threads(a.init, tids);
             match instance.add_pids(tids, *functions) {
@@ -647,26 +669,35 @@ impl SessionManager {
             let s2 = s.clone();
             let discard = deleting && s.lock().export.is_none();
             tokio::task::spawn_blocking(move || {
-                // Recording off and the readers drained first (they need the instance open)...
-                let readers = match &mut s2.lock().run {
-                    Some(Run::Ftrace { instance, readers, .. }) => {
-                        let _ = instance.set_tracing_on(false);
-                        if discard {
-                            let _ = instance.clear_buffers();
-                        }
-                        readers.take()
+                // The kernel work is done without the session lock (removal retries EBUSY for
+                // seconds at worst): GET, stats and /metrics answer meanwhile, and show the
+                // session running until its instance is gone.
+                let (instance, readers) = match &mut s2.lock().run {
+                    Some(Run::Ftrace { instance, readers, stopping, .. }) => {
+                        *stopping = true;
+                        (Some(instance.clone()), readers.take())
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
+                // Recording off and the readers drained first (they need the instance open)...
+                if let Some(instance) = &instance {
+                    let _ = instance.set_tracing_on(false);
+                    if discard {
+                        let _ = instance.clear_buffers();
+                    }
+                }
                 if let Some(r) = readers {
                     r.stop_and_join();
                 }
-                // ...then the instance removed and the session marked stopped in one step.
-                let mut st = s2.lock();
-                if let Some(Run::Ftrace { instance, .. }) = &st.run {
-                    s2.store.add_lost_kernel(overrun(instance));
+                // ...then the instance removed, and only then the session marked stopped.
+                if let Some(instance) = instance {
+                    s2.store.add_lost_kernel(overrun(&instance));
+                    if let Err(e) = instance.remove() {
+                        warn!(session = s2.id, error = %e, "cannot remove the ftrace instance");
+                    }
                 }
-                st.run = None;
+                let run = s2.lock().run.take();
+                drop(run);
             })
             .await
             .map_err(|e| SessionError::Internal(format!("stop task: {e}")))?;
@@ -779,7 +810,10 @@ fn start_ftrace(
     settings: &Settings,
     node: &str,
 ) -> Result<Option<Duration>, StartFailure> {
-    let mut st = s.lock();
+    // The instance is programmed without the session lock (enabling a few hundred events takes
+    // the kernel 100 ms and more): GET, stats and attach do not wait for it. The operation lock
+    // the caller holds keeps stops and deletes out; a container attached meanwhile is in
+    // `containers` when the lock is taken below.
     let instance =
         Instance::create(tracefs, &s.id.to_string()).map_err(|e| StartFailure::kernel("ftrace instance", &e))?;
     let step = |what: &str, r: Result<(), crate::ftrace::TracefsError>| r.map_err(|e| StartFailure::kernel(what, &e));
@@ -872,6 +906,7 @@ fn start_ftrace(
             .map(|f| f.id)
             .collect(),
     );
+    let mut st = s.lock();
     let (resolver, store) = (s.resolver.clone(), s.store.clone());
     let from_ts = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let decoding =
@@ -951,7 +986,13 @@ fn start_ftrace(
     st.error = None;
     st.formats = formats;
     info!(session = s.id, instance = %instance.name(), threads = tids.len(), "ftrace instance recording");
-    st.run = Some(Run::Ftrace { instance, readers: Some(readers), recording, functions });
+    st.run = Some(Run::Ftrace {
+        instance: Arc::new(instance),
+        readers: Some(readers),
+        recording,
+        functions,
+        stopping: false,
+    });
     Ok(plan.duration)
 }
 
