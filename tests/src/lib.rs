@@ -382,6 +382,15 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Reader threads (`ftrace-cpuN`) of process `pid` now.
+pub fn reader_threads(pid: u32) -> usize {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ftrace-cpu")))
+        .count()
+}
+
 /// An HTTP client with timeouts on everything, that hands back non-2xx answers as responses.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

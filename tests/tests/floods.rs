@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e::{containerd_annotations, require, unique, wait_until, Bundle, Node, Runtime};
+use e2e::{looping_container, reader_threads, require, unique, wait_until, Node, Runtime};
 use serde_json::json;
 
 fn rss_mb(pid: u32) -> f64 {
@@ -99,14 +99,6 @@ fn a_flood_of_sessions_is_refused_past_the_limit_and_its_memory_bounded() {
     assert_eq!(node.call("GET", "/v1/trace-session/all", None).expect("all").1, json!({}));
 }
 
-fn reader_threads(pid: u32) -> usize {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ftrace-cpu")))
-        .count()
-}
-
 #[test]
 fn deleting_busy_sessions_throws_away_what_nobody_will_read_instead_of_draining_it() {
     if !require(&["runc"]) {
@@ -114,20 +106,12 @@ fn deleting_busy_sessions_throws_away_what_nobody_will_read_instead_of_draining_
     }
     let node = Node::start_with(&["--max-running-sessions", "10"]).expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
-    let id = unique("ct-busy");
     let pod = unique("busy");
-    let bundle = Bundle::new(
-        &["sh", "-c", "while :; do cat /dev/null; done"],
-        &containerd_annotations(&pod, "ns", "spin"),
-        Bundle::hooks_for(&node),
-    )
-    .expect("bundle");
-    rt.create(&id, &bundle).expect("create");
-    rt.start(&id).expect("start");
+    let (id, _) = looping_container(&node, &rt, &pod, "while :; do cat /dev/null; done");
     let ids: Vec<String> = (0..10)
         .map(|_| {
             let s = node
-                .create_session(&json!({"pod": pod, "container": "spin", "trace-hook": "trace_syscalls"}))
+                .create_session(&json!({"pod": pod, "container": "looper", "trace-hook": "trace_syscalls"}))
                 .expect("session");
             node.run_session(&s, true).expect("start");
             s
@@ -152,5 +136,4 @@ fn deleting_busy_sessions_throws_away_what_nobody_will_read_instead_of_draining_
     assert!(wait_until(Duration::from_secs(5), || reader_threads(node.pid()) == 0), "reader threads left");
     rt.kill(&id).expect("kill");
     rt.delete(&id).expect("delete");
-    rt.keep(bundle);
 }

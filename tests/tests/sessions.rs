@@ -9,7 +9,8 @@ use std::{
 };
 
 use e2e::{
-    agent, containerd_annotations, looping_container, require, unique, wait_until, Bundle, Node, Runtime, LOOP_SCRIPT,
+    agent, containerd_annotations, looping_container, reader_threads, require, unique, wait_until, Bundle, Node,
+    Runtime, LOOP_SCRIPT,
 };
 use serde_json::{json, Value};
 
@@ -210,14 +211,6 @@ fn timed_sessions_stop_by_themselves_and_delete_leaves_no_instance() {
 }
 
 /// The daemon's ftrace reader threads (named `ftrace-cpuN`) now.
-fn reader_threads(pid: u32) -> usize {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ftrace-cpu")))
-        .count()
-}
-
 /// A start that waited for the session while a delete ran used to go ahead with the session it
 /// had fetched before: its instance and reader threads could then never be stopped, and every
 /// later `DELETE all` failed. Any interleaving of start, stop, delete and expiry leaves nothing.
