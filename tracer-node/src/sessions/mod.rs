@@ -129,14 +129,13 @@ struct Attached {
 }
 
 enum Run {
-    /// `instance` is shared so its statistics can be read without the session lock; `stopping`
-    /// is set once a stop has begun: nothing is added to the instance any more.
+    /// `instance` is shared so its statistics can be read without the session lock. A stop
+    /// takes `readers` first: from then on nothing is added to the instance.
     Ftrace {
         instance: Arc<Instance>,
         readers: Option<Readers>,
         recording: bool,
         functions: bool,
-        stopping: bool,
     },
     External(RunningExternal),
 }
@@ -490,7 +489,7 @@ impl SessionManager {
             let at = if r.created_unix_ns > 0 { r.created_unix_ns } else { crate::export::model::unix_now() };
             export.container_started(tag, r.pid, at, true);
         }
-        if let Some(Run::Ftrace { instance, recording, functions, stopping: false, .. }) = &mut st.run {
+        if let Some(Run::Ftrace { instance, recording, functions, readers: Some(_) }) = &mut st.run {
             let tids = tids.get_or_init(|| threads_of(&self.registry, a.init, a.cgroup.as_deref()));
             s.resolver.known_threads(a.init, tids);
             match instance.add_pids(tids, *functions) {
@@ -673,10 +672,7 @@ impl SessionManager {
                 // seconds at worst): GET, stats and /metrics answer meanwhile, and show the
                 // session running until its instance is gone.
                 let (instance, readers) = match &mut s2.lock().run {
-                    Some(Run::Ftrace { instance, readers, stopping, .. }) => {
-                        *stopping = true;
-                        (Some(instance.clone()), readers.take())
-                    }
+                    Some(Run::Ftrace { instance, readers, .. }) => (Some(instance.clone()), readers.take()),
                     _ => (None, None),
                 };
                 // Recording off and the readers drained first (they need the instance open)...
@@ -696,6 +692,7 @@ impl SessionManager {
                         warn!(session = s2.id, error = %e, "cannot remove the ftrace instance");
                     }
                 }
+                // Dropped outside the lock: an instance whose removal failed is retried by Drop.
                 let run = s2.lock().run.take();
                 drop(run);
             })
@@ -986,13 +983,7 @@ fn start_ftrace(
     st.error = None;
     st.formats = formats;
     info!(session = s.id, instance = %instance.name(), threads = tids.len(), "ftrace instance recording");
-    st.run = Some(Run::Ftrace {
-        instance: Arc::new(instance),
-        readers: Some(readers),
-        recording,
-        functions,
-        stopping: false,
-    });
+    st.run = Some(Run::Ftrace { instance: Arc::new(instance), readers: Some(readers), recording, functions });
     Ok(plan.duration)
 }
 
