@@ -123,7 +123,7 @@ impl Procfs {
         }
         candidates
             .into_iter()
-            .filter(|dir| dir.file_name().is_some_and(|n| n.to_string_lossy().contains(container_id)))
+            .filter(|dir| dir.file_name().is_some_and(|n| names_container(&n.to_string_lossy(), container_id)))
             .find(|dir| cgroup_pids(dir).map(|p| p.contains(&pid)).unwrap_or(false))
     }
 
@@ -177,6 +177,19 @@ impl Procfs {
     }
 }
 
+/// Whether a cgroup directory's name is the one a runtime gives container `id`: the id itself,
+/// or `<prefix>-<id>`, `<prefix>:<id>`, `<prefix>_<id>`, each maybe with `.scope`. A bare
+/// substring test took any cgroup whose name merely held the id's characters, e.g. a short id
+/// `c1` inside a supervisor's hex-named cgroup `.../9ee3...8dc1...`, and listed every process of
+/// that cgroup as the container's.
+fn names_container(name: &str, id: &str) -> bool {
+    if id.is_empty() {
+        return false;
+    }
+    let stem = name.strip_suffix(".scope").unwrap_or(name);
+    stem == id || stem.strip_suffix(id).is_some_and(|prefix| prefix.ends_with(['-', ':', '_']))
+}
+
 /// Upper bound on the tasks listed for one container.
 const MAX_TASKS: usize = 65_536;
 
@@ -206,6 +219,20 @@ fn collect_cgroup_pids(dir: &Path, out: &mut Vec<u32>, depth: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_is_the_container_s_only_when_its_name_is_built_from_the_whole_id() {
+        let id = "4f1c9a";
+        for name in [id, "libpod-4f1c9a", "crio-4f1c9a.scope", "cri-containerd-4f1c9a.scope", "k8s:4f1c9a", "x_4f1c9a"]
+        {
+            assert!(names_container(name, id), "{name}");
+        }
+        for name in ["9ee38ba0734f1c9a0b", "libpod-4f1c9a0", "a4f1c9a", "4f1c9a.slice", "libpod-4f1c9a.scope.x"] {
+            assert!(!names_container(name, id), "{name}");
+        }
+        assert!(!names_container("9ee38ba0073e8dcd05171480d06dc10b", "c1"));
+        assert!(!names_container("anything", ""));
+    }
 
     #[test]
     fn cgroup_of_a_fake_hybrid_host_prefers_unified_and_checks_membership() {
