@@ -55,12 +55,17 @@ impl ExportCounters {
     }
 
     /// Takes `n` events into the queue if they fit under `capacity`; counts them dropped if not.
+    ///
+    /// One `fetch_update`: a load-then-add let two readers racing past the check both get in,
+    /// overshooting the capacity by a batch per CPU.
     pub fn offer(&self, n: u64, capacity: u64) -> bool {
-        if self.queued.load(Ordering::Relaxed) + n > capacity {
+        let taken = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| q.checked_add(n).filter(|t| *t <= capacity));
+        if taken.is_err() {
             self.drop_events(n);
             return false;
         }
-        self.queued.fetch_add(n, Ordering::Relaxed);
         self.metrics.export_queue.fetch_add(n, Ordering::Relaxed);
         true
     }
@@ -94,7 +99,7 @@ impl ExportCounters {
 /// Where a session's store sends batches for export.
 #[derive(Debug)]
 pub struct Sink {
-    tx: mpsc::UnboundedSender<Arc<Batch>>,
+    tx: mpsc::Sender<Arc<Batch>>,
     counters: Arc<ExportCounters>,
     capacity: u64,
 }
@@ -106,12 +111,21 @@ impl Sink {
         if !self.counters.offer(n, self.capacity) {
             return true;
         }
-        if self.tx.send(batch.clone()).is_err() {
-            self.counters.done(n);
-            self.counters.drop_events(n);
-            return false;
+        match self.tx.try_send(batch.clone()) {
+            Ok(()) => true,
+            // More batches than the channel holds, each under the event capacity: the events
+            // are dropped and counted as any over the capacity are; the reader never waits.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.done(n);
+                self.counters.drop_events(n);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.done(n);
+                self.counters.drop_events(n);
+                false
+            }
         }
-        true
     }
 }
 
@@ -125,7 +139,7 @@ enum Control {
 /// still ends the worker when the store closes its sinks.
 #[derive(Debug)]
 pub struct SessionExport {
-    ctl: mpsc::UnboundedSender<Control>,
+    ctl: mpsc::Sender<Control>,
 }
 
 impl std::fmt::Debug for Control {
@@ -137,18 +151,38 @@ impl std::fmt::Debug for Control {
 impl SessionExport {
     /// A container joined the running session (at its creation when `at_creation`).
     pub fn container_started(&self, tag: Arc<ContainerTag>, init: u32, at: u64, at_creation: bool) {
-        let _ = self.ctl.send(Control::Started { tag, init, at, at_creation });
+        self.control(Control::Started { tag, init, at, at_creation });
     }
 
     /// A container of the session exited.
     pub fn container_exited(&self, id: &str) {
-        let _ = self.ctl.send(Control::Exited { id: id.to_owned(), at: model::unix_now() });
+        self.control(Control::Exited { id: id.to_owned(), at: model::unix_now() });
     }
 
     /// The run stopped: the worker exports what is queued, ends the spans and exits.
     pub fn finish(self) {
-        let _ = self.ctl.send(Control::Stop { at: model::unix_now() });
+        self.control(Control::Stop { at: model::unix_now() });
     }
+
+    /// Hands a lifecycle message to the worker without waiting. The queue holds a message per
+    /// container of a node many times over; should a stalled worker fill it, the container's
+    /// span is lost (logged), and a lost `Stop` still ends the worker when the store closes its
+    /// sinks.
+    fn control(&self, c: Control) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.ctl.try_send(c) {
+            warn!("OTLP export worker is not keeping up: a container lifecycle message was dropped");
+        }
+    }
+}
+
+/// Lifecycle messages a worker may have queued.
+const CONTROL_QUEUE: usize = 4096;
+
+/// Batches a worker may have queued: a batch holds at least one event, so as many as the event
+/// capacity, but no more than a ring of batches far beyond what readers produce between two
+/// polls of the worker (tokio allocates the channel's blocks as they fill, not up front).
+fn batch_queue(queue_events: u64) -> usize {
+    usize::try_from(queue_events).unwrap_or(usize::MAX).clamp(1, 65_536)
 }
 
 /// A random non-zero id.
@@ -226,11 +260,11 @@ impl Exporter {
         counters: Arc<ExportCounters>,
         containers: Vec<(Arc<ContainerTag>, u32)>,
     ) -> (Sink, SessionExport) {
-        let (tx, batches) = mpsc::unbounded_channel();
-        let (ctl_tx, ctl) = mpsc::unbounded_channel();
+        let (tx, batches) = mpsc::channel(batch_queue(self.config.queue_events));
+        let (ctl_tx, ctl) = mpsc::channel(CONTROL_QUEUE.max(containers.len() + 1));
         let started = model::unix_now();
         for (tag, init) in containers {
-            let _ = ctl_tx.send(Control::Started { tag, init, at: started, at_creation: false });
+            let _ = ctl_tx.try_send(Control::Started { tag, init, at: started, at_creation: false });
         }
         let sink = Sink { tx, counters: counters.clone(), capacity: self.config.queue_events };
         let root = ctx.session_resource();
@@ -318,11 +352,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(
-        mut self,
-        mut batches: mpsc::UnboundedReceiver<Arc<Batch>>,
-        mut ctl: mpsc::UnboundedReceiver<Control>,
-    ) {
+    async fn run(mut self, mut batches: mpsc::Receiver<Arc<Batch>>, mut ctl: mpsc::Receiver<Control>) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -694,5 +724,32 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn racing_offers_never_queue_more_than_the_capacity_and_count_every_refusal() {
+        let metrics = Arc::new(Metrics::default());
+        let counters = Arc::new(ExportCounters::new(metrics.clone()));
+        let (capacity, threads, offers, n) = (10_000u64, 8u64, 5_000u64, 3u64);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..offers {
+                        counters.offer(n, capacity);
+                    }
+                });
+            }
+        });
+        let (queued, _, dropped) = counters.snapshot();
+        assert_eq!(queued, capacity / n * n, "filled to the last whole batch under the capacity");
+        assert_eq!(queued + dropped, threads * offers * n, "every event queued or counted dropped");
+        assert_eq!(metrics.export_queue.load(Ordering::Relaxed), queued);
+        assert_eq!(metrics.export_dropped.load(Ordering::Relaxed), dropped);
+        assert!(!counters.offer(1, 0), "nothing fits a zero capacity");
     }
 }
