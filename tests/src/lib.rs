@@ -19,6 +19,7 @@ use std::{
 };
 
 pub mod bench;
+pub mod standin;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};

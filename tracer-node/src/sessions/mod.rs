@@ -6,6 +6,7 @@
 pub mod events;
 pub mod glob;
 pub mod lineage;
+pub mod pid_filter;
 pub mod resolver;
 
 use std::{
@@ -21,6 +22,7 @@ use tracing::{error, info, warn};
 
 use self::{
     events::{ContainerTag, EventStore},
+    pid_filter::PidFilter,
     resolver::{Resolver, SavedTasks},
 };
 use crate::{
@@ -132,10 +134,8 @@ enum Run {
     /// `instance` is shared so its statistics can be read without the session lock. A stop
     /// takes `readers` first: from then on nothing is added to the instance.
     Ftrace {
-        instance: Arc<Instance>,
+        filter: Arc<PidFilter>,
         readers: Option<Readers>,
-        recording: bool,
-        functions: bool,
     },
     External(RunningExternal),
 }
@@ -143,7 +143,7 @@ enum Run {
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Run::Ftrace { instance, recording, .. } => write!(f, "Ftrace({}, recording={recording})", instance.name()),
+            Run::Ftrace { filter, .. } => write!(f, "Ftrace({filter:?})"),
             Run::External(_) => write!(f, "External"),
         }
     }
@@ -358,7 +358,8 @@ impl SessionManager {
         self.map().insert(id, session.clone());
         for e in self.registry.snapshot() {
             if session.matches(&e) {
-                self.attach(&session, &e, &std::cell::OnceCell::new());
+                // A new session does not run: there is no filter to write.
+                let _ = self.attach(&session, &e);
             }
         }
         if session.lock().containers.is_empty() && !session.spec.wait_for_containers {
@@ -432,9 +433,9 @@ impl SessionManager {
         let mut instances = Vec::new();
         for s in &sessions {
             match &s.lock().run {
-                Some(Run::Ftrace { instance, .. }) => {
+                Some(Run::Ftrace { filter, .. }) => {
                     running += 1;
-                    instances.push(instance.clone());
+                    instances.push(filter.instance().clone());
                 }
                 Some(Run::External(_)) => running += 1,
                 None => {}
@@ -454,7 +455,7 @@ impl SessionManager {
         let (running, instance) = {
             let st = s.lock();
             let instance = match &st.run {
-                Some(Run::Ftrace { instance, .. }) => Some(instance.clone()),
+                Some(Run::Ftrace { filter, .. }) => Some(filter.instance().clone()),
                 _ => None,
             };
             (st.run.is_some(), instance)
@@ -466,9 +467,9 @@ impl SessionManager {
         Ok(s.store.stats(running, live, s.export.snapshot()))
     }
 
-    /// Adds a container to a session, and to its pid filter when it runs; `tids` are its
-    /// threads, read once for all the sessions it is added to.
-    fn attach(&self, s: &Session, e: &Entry, tids: &std::cell::OnceCell<Vec<u32>>) {
+    /// Adds a container to a session; answers the session's pid filter when it runs, for the
+    /// caller to add the container's threads to.
+    fn attach(&self, s: &Session, e: &Entry) -> Option<Arc<PidFilter>> {
         let r = &e.record;
         let tag = Arc::new(ContainerTag {
             id: r.id.clone(),
@@ -480,36 +481,27 @@ impl SessionManager {
         let a = Attached { tag: tag.clone(), init: r.pid, cgroup: e.cgroup.clone() };
         let mut st = s.lock();
         if st.containers.contains_key(&r.id) {
-            return;
+            return None;
         }
         s.resolver.add_container(r.pid, tag.clone());
         if let Some(export) = &st.export {
-            // Attached while running means attached at its creation (or its late registration):
-            // its span starts when the runtime created it.
+            // Attached while running means attached at its creation (or its late
+            // registration): its span starts when the runtime created it.
             let at = if r.created_unix_ns > 0 { r.created_unix_ns } else { crate::export::model::unix_now() };
             export.container_started(tag, r.pid, at, true);
         }
-        if let Some(Run::Ftrace { instance, recording, functions, readers: Some(_) }) = &mut st.run {
-            let tids = tids.get_or_init(|| threads_of(&self.registry, a.init, a.cgroup.as_deref()));
-            s.resolver.known_threads(a.init, tids);
-            match instance.add_pids(tids, *functions) {
-                Ok(()) => {
-                    if !*recording {
-                        match instance.set_tracing_on(true) {
-                            Ok(()) => *recording = true,
-                            Err(e) => error!(session = s.id, error = %e, "cannot start recording"),
-                        }
-                    }
-                    info!(session = s.id, container_id = %r.id, threads = tids.len(), "container attached to running session");
-                }
-                Err(e) => {
-                    error!(session = s.id, container_id = %r.id, error = %e, "cannot add container to pid filter")
-                }
+        let filter = match &st.run {
+            Some(Run::Ftrace { filter, readers: Some(_) }) => Some(filter.clone()),
+            Some(Run::External(_)) => {
+                warn!(session = s.id, container_id = %r.id, "external hooks cannot take new containers while running; attached at next start");
+                None
             }
-        } else if let Some(Run::External(_)) = &st.run {
-            warn!(session = s.id, container_id = %r.id, "external hooks cannot take new containers while running; attached at next start");
-        }
+            _ => None,
+        };
+        // Listed before its threads are filtered: a start that comes next programs it, and
+        // a run in progress gets them from the caller.
         st.containers.insert(r.id.clone(), a);
+        filter
     }
 
     /// Starts session `id`. Runs as a task of its own: a client that hangs up must not cancel
@@ -672,9 +664,14 @@ impl SessionManager {
                 // seconds at worst): GET, stats and /metrics answer meanwhile, and show the
                 // session running until its instance is gone.
                 let (instance, readers) = match &mut s2.lock().run {
-                    Some(Run::Ftrace { instance, readers, .. }) => (Some(instance.clone()), readers.take()),
+                    Some(Run::Ftrace { filter, readers }) => (Some(filter.clone()), readers.take()),
                     _ => (None, None),
                 };
+                // No attachment writes to the filter (nor turns recording on) from here on.
+                let instance = instance.map(|f| {
+                    f.close();
+                    f.instance().clone()
+                });
                 // Recording off and the readers drained first (they need the instance open)...
                 if let Some(instance) = &instance {
                     let _ = instance.set_tracing_on(false);
@@ -983,16 +980,43 @@ fn start_ftrace(
     st.error = None;
     st.formats = formats;
     info!(session = s.id, instance = %instance.name(), threads = tids.len(), "ftrace instance recording");
-    st.run = Some(Run::Ftrace { instance: Arc::new(instance), readers: Some(readers), recording, functions });
+    let filter = PidFilter::new(Arc::new(instance), functions, recording);
+    st.run = Some(Run::Ftrace { filter: Arc::new(filter), readers: Some(readers) });
     Ok(plan.duration)
 }
 
 impl RegistryObserver for SessionManager {
+    /// The container joins every matching session; the running ones get its threads, read
+    /// once, pushed to all their filters before any is written, so that each filter's next
+    /// batch holds them whoever writes it. The procfs reads and the kernel writes happen
+    /// without any session lock: GET, stats and other attachments go on meanwhile.
     fn registered(&self, entry: &Entry) {
         let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
-        let tids = std::cell::OnceCell::new();
-        for s in sessions.iter().filter(|s| s.matches(entry)) {
-            self.attach(s, entry, &tids);
+        let running: Vec<(&Arc<Session>, Arc<PidFilter>)> =
+            sessions.iter().filter(|s| s.matches(entry)).filter_map(|s| Some((s, self.attach(s, entry)?))).collect();
+        if running.is_empty() {
+            return;
+        }
+        let (init, id) = (entry.record.pid, &entry.record.id);
+        let tids = threads_of(&self.registry, init, entry.cgroup.as_deref());
+        let left: Vec<_> = running
+            .into_iter()
+            .map(|(s, filter)| {
+                s.resolver.known_threads(init, &tids);
+                let ticket = filter.push(&tids);
+                (s, filter, ticket)
+            })
+            .collect();
+        // In turn: the kernel serialises filter writes of every instance (20 appends to two
+        // instances from two threads took as long as 20 to one), so what saves time is fewer
+        // writes, each carrying every container that waited for it.
+        for (s, filter, ticket) in left {
+            match filter.commit(ticket) {
+                Ok(()) => {
+                    info!(session = s.id, container_id = %id, threads = tids.len(), "container attached to running session")
+                }
+                Err(e) => error!(session = s.id, container_id = %id, error = %e, "cannot add container to pid filter"),
+            }
         }
     }
 
