@@ -6,20 +6,22 @@
 //! 2. `GET /v1/pods` latency with 1, 100 and 1000 registered containers, then again with 10,000
 //!    unrelated host processes running: the cost must not grow with the host's processes.
 //!    The containers are stand-ins registered through the real socket protocol: a busybox
-//!    `sleep` each, in its own cgroup named after its id, exactly what the registry reads.
+//!    `sleep` each, pid 1 of its own pid namespace, in its own cgroup named after its id,
+//!    exactly what the registry checks.
+//! 3. A burst of 200 registrations at once, with 0 and 4 matching running sessions: how long
+//!    until all are registered, and `/healthz` and `/v1/pods` p99 meanwhile.
 
 use std::{
-    fs,
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use e2e::{agent, containerd_annotations, require, rootfs, unique, Bundle, Node, Runtime};
+use e2e::{
+    agent, containerd_annotations, require, rootfs,
+    standin::{quantile, register, registration_burst, StandIn},
+    unique, Bundle, Node, Runtime,
+};
 use serde_json::json;
-use tracer_api::{hook::MESSAGE_VERSION, ContainerCreated, ContainerKind, RegistryEvent};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -59,54 +61,11 @@ fn hook_overhead(runs: usize) {
     );
 }
 
-/// Root of the cgroup hierarchy the stand-ins are put in (unified on v2 and on hybrid hosts).
-fn cgroup_root() -> PathBuf {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        PathBuf::from("/sys/fs/cgroup")
-    } else {
-        PathBuf::from("/sys/fs/cgroup/unified")
-    }
-}
-
-struct StandIn {
-    child: Child,
-    cgroup: PathBuf,
-}
-
-fn register(node: &Node, id: &str, pid: u32, pod: &str) {
-    let event = RegistryEvent::Created(ContainerCreated {
-        version: MESSAGE_VERSION,
-        id: id.into(),
-        pid,
-        pid_start_time: None,
-        pod: pod.into(),
-        namespace: "bench".into(),
-        name: "app".into(),
-        kind: ContainerKind::Container,
-        runtime: Some("bench".into()),
-        bundle: String::new(),
-        annotations: Default::default(),
-        created_unix_ns: 0,
-    });
-    let mut s = UnixStream::connect(node.socket()).expect("connect");
-    let mut line = serde_json::to_vec(&event).expect("ser");
-    line.push(b'\n');
-    s.write_all(&line).expect("write");
-    let mut reply = String::new();
-    BufReader::new(&s).read_line(&mut reply).expect("reply");
-    assert!(reply.contains("\"ok\":true"), "{reply}");
-}
-
 fn spawn_standins(node: &Node, from: usize, to: usize, out: &mut Vec<StandIn>) {
-    let busybox = rootfs().join("bin/busybox");
     for i in from..to {
-        let id = format!("ct-bench-{}-{i}", std::process::id());
-        let cgroup = cgroup_root().join(&id);
-        fs::create_dir_all(&cgroup).expect("mkdir cgroup");
-        let child = Command::new(&busybox).args(["sleep", "600"]).stdin(Stdio::null()).spawn().expect("spawn");
-        fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).expect("move to cgroup");
-        register(node, &id, child.id(), &format!("pod-{i}"));
-        out.push(StandIn { child, cgroup });
+        let s = StandIn::start(&format!("ct-bench-{}-{i}", std::process::id())).expect("stand-in");
+        register(node, &s.created(&format!("pod-{i}"), "bench")).expect("register");
+        out.push(s);
     }
 }
 
@@ -168,10 +127,38 @@ fn pods_latency() {
     for c in &mut noise {
         let _ = c.wait();
     }
-    for mut s in standins {
-        let _ = s.child.kill();
-        let _ = s.child.wait();
-        let _ = fs::remove_dir(&s.cgroup);
+    drop(standins);
+}
+
+/// 200 containers registering at once, with 0 and 4 matching running sessions, while clients
+/// poll `/healthz` and `/v1/pods`.
+fn registration_burst_figures() {
+    println!("registration burst: 200 stand-in containers registering at once (a thread each)");
+    for sessions in [0usize, 4] {
+        let node = Node::start().expect("tracer-node");
+        let prefix = unique("burst");
+        for _ in 0..sessions {
+            let sid = node
+                .create_session(&json!({"pod": format!("{prefix}-*"), "container": "*", "trace-hook": "trace_exec",
+                                        "wait-for-containers": true}))
+                .expect("session");
+            node.run_session(&sid, true).expect("start");
+        }
+        let standins: Vec<StandIn> =
+            (0..200).map(|i| StandIn::start(&format!("{prefix}-{i}")).expect("stand-in")).collect();
+        let b = registration_burst(&node, &standins, &prefix);
+        assert!(b.failures.is_empty(), "{:?}", b.failures);
+        println!(
+            "  {sessions} running sessions: all registered in {:.0} ms (registration p50 {:.1} ms, p99 {:.1} ms); \
+             /healthz p99 {:.1} ms ({} polls); /v1/pods p99 {:.1} ms ({} polls)",
+            ms(b.wall),
+            ms(quantile(&b.registrations, 0.5)),
+            ms(quantile(&b.registrations, 0.99)),
+            ms(quantile(&b.healthz, 0.99)),
+            b.healthz.len(),
+            ms(quantile(&b.pods, 0.99)),
+            b.pods.len()
+        );
     }
 }
 
@@ -183,4 +170,5 @@ fn main() {
     let runs = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     hook_overhead(runs);
     pods_latency();
+    registration_burst_figures();
 }
