@@ -131,8 +131,9 @@ struct Attached {
 }
 
 enum Run {
-    /// `instance` is shared so its statistics can be read without the session lock. A stop
-    /// takes `readers` first: from then on nothing is added to the instance.
+    /// The filter (and through it the instance) is shared so that statistics are read and
+    /// threads added without the session lock. A stop takes `readers` first and then closes
+    /// the filter: from then on nothing is added to the instance.
     Ftrace {
         filter: Arc<PidFilter>,
         readers: Option<Readers>,
@@ -540,10 +541,11 @@ impl SessionManager {
                     .map_err(|e| SessionError::Internal(format!("start task: {e}")))?
             }
             Plan::External { provider, hook, args } => {
-                let tids: Vec<u32> = {
-                    let st = s.lock();
-                    st.containers.values().flat_map(|a| container_tids(&self.registry, a, &s.resolver)).collect()
-                };
+                // The containers are listed under the lock, their threads read from procfs
+                // without it.
+                let containers: Vec<Attached> = s.lock().containers.values().cloned().collect();
+                let tids: Vec<u32> =
+                    containers.iter().flat_map(|a| container_tids(&self.registry, a, &s.resolver)).collect();
                 match provider.run(&hook, &args, &tids, id).await {
                     Ok(run) => {
                         let mut st = s.lock();
