@@ -8,6 +8,7 @@ pub mod export;
 pub mod ftrace;
 pub mod hooks;
 pub mod http_limits;
+pub mod ids;
 pub mod metrics;
 pub mod registry;
 pub mod sessions;

@@ -11,7 +11,6 @@ pub mod transport;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::{BuildHasher, Hasher},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -185,28 +184,6 @@ fn batch_queue(queue_events: u64) -> usize {
     usize::try_from(queue_events).unwrap_or(usize::MAX).clamp(1, 65_536)
 }
 
-/// A random non-zero id.
-fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        h.write_u64(model::unix_now());
-        let v = h.finish();
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
-/// A new random trace id.
-pub fn new_trace_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&random_u64().to_be_bytes());
-    id[8..].copy_from_slice(&random_u64().to_be_bytes());
-    id
-}
-
 /// Lower-case hex of an id.
 pub fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
@@ -283,7 +260,7 @@ impl Exporter {
         let worker = Worker {
             names,
             ex: self.clone(),
-            root_span: random_u64().to_be_bytes(),
+            root_span: crate::ids::random_u64().to_be_bytes(),
             root_resource: root,
             ctx,
             formats,
@@ -395,7 +372,7 @@ impl Worker {
                 let resource = self.ctx.container_resource(&tag);
                 self.by_init.insert(init, tag.id.clone());
                 self.spans.entry(tag.id.clone()).or_insert(SpanState {
-                    span_id: random_u64().to_be_bytes(),
+                    span_id: crate::ids::random_u64().to_be_bytes(),
                     tag,
                     init,
                     resource,
@@ -423,7 +400,7 @@ impl Worker {
     fn span_of(&mut self, tag: &Arc<ContainerTag>, at: u64) -> &mut SpanState {
         let ctx = &self.ctx;
         self.spans.entry(tag.id.clone()).or_insert_with(|| SpanState {
-            span_id: random_u64().to_be_bytes(),
+            span_id: crate::ids::random_u64().to_be_bytes(),
             tag: tag.clone(),
             init: 0,
             resource: ctx.container_resource(tag),
@@ -519,7 +496,7 @@ impl Worker {
                         let end = events.iter().map(|e| e.time_unix_nano).max().unwrap_or_default();
                         let span = Span {
                             trace_id: trace_id.to_vec(),
-                            span_id: random_u64().to_be_bytes().to_vec(),
+                            span_id: crate::ids::random_u64().to_be_bytes().to_vec(),
                             parent_span_id: parent.to_vec(),
                             name: format!("kernel events ({})", events.len()),
                             kind: SpanKind::Internal as i32,

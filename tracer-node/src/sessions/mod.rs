@@ -11,7 +11,6 @@ pub mod resolver;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::{BuildHasher, Hasher},
     sync::{Arc, Mutex, Weak},
     time::Duration,
 };
@@ -315,12 +314,8 @@ impl SessionManager {
     fn new_id(&self) -> u64 {
         let map = self.map();
         loop {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
-            );
-            let id = h.finish() >> 1;
-            if id != 0 && !map.contains_key(&id) {
+            let id = crate::ids::session_id();
+            if !map.contains_key(&id) {
                 return id;
             }
         }
@@ -349,7 +344,7 @@ impl SessionManager {
             plan,
             store: Arc::new(EventStore::new(self.settings.retention_events, self.settings.metrics.clone())),
             resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), self.saved.clone())),
-            trace_id: crate::export::new_trace_id(),
+            trace_id: crate::ids::trace_id(),
             export: Arc::new(ExportCounters::new(self.settings.metrics.clone())),
             state: Mutex::new(State::default()),
             op: tokio::sync::Mutex::new(Lifecycle::default()),
