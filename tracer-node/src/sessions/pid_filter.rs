@@ -79,13 +79,6 @@ impl PidFilter {
         self.recording.load(Ordering::Acquire)
     }
 
-    /// Adds `tids` and returns once they are in the kernel's filter (and the instance records):
-    /// [`Self::push`] then [`Self::commit`].
-    pub fn add(&self, tids: &[u32]) -> Result<(), PidFilterError> {
-        let ticket = self.push(tids);
-        self.commit(ticket)
-    }
-
     /// Queues `tids` for the next batch. Cheap: a container joining several sessions pushes to
     /// all of them first, so each session's next batch holds it whichever thread writes it.
     pub fn push(&self, tids: &[u32]) -> Ticket {
@@ -96,15 +89,11 @@ impl PidFilter {
         Ticket(outcome)
     }
 
-    /// Returns once the threads of `ticket` are written, by this call or by the batch of
-    /// another that held the writer first. Blocking: call it off the async workers and without
+    /// Returns once the threads of `ticket` are in the kernel's filter (and the instance
+    /// records), written by this call or by the batch of another that held the writer first. Blocking: call it off the async workers and without
     /// the session's lock.
     pub fn commit(&self, ticket: Ticket) -> Result<(), PidFilterError> {
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.write_batch(writer, ticket)
-    }
-
-    fn write_batch(&self, closed: std::sync::MutexGuard<'_, bool>, ticket: Ticket) -> Result<(), PidFilterError> {
+        let closed = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(done) = ticket.0.get() {
             return done.clone();
         }
@@ -169,7 +158,7 @@ mod tests {
                 let instance = instance.clone();
                 s.spawn(move || {
                     let tid = 30_000 + i;
-                    filter.add(&[tid]).expect("add");
+                    filter.commit(filter.push(&[tid])).expect("add");
                     let list = instance.read("set_event_pid").expect("read set_event_pid");
                     assert!(
                         list.split_whitespace().any(|t| t == tid.to_string()),
@@ -182,7 +171,10 @@ mod tests {
         let list = instance.read("set_event_pid").expect("read");
         assert_eq!(list.split_whitespace().count(), writers as usize, "{list}");
         filter.close();
-        assert!(matches!(filter.add(&[1234]), Err(PidFilterError::Stopped)), "a stopped run takes no threads");
+        assert!(
+            matches!(filter.commit(filter.push(&[1234])), Err(PidFilterError::Stopped)),
+            "a stopped run takes no threads"
+        );
         instance.remove().expect("remove instance");
     }
 }
