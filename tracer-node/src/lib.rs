@@ -2,6 +2,7 @@
 //! the REST API for tests.
 
 pub mod api;
+pub mod batch;
 pub mod caps;
 pub mod config;
 pub mod export;

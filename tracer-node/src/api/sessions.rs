@@ -18,11 +18,9 @@ use tracing::instrument;
 
 use super::{auth::Caller, error::ApiError, AppState};
 use crate::{
+    batch::Batch,
     hooks::HookError,
-    sessions::{
-        events::{to_wire, Batch},
-        namespace_of, parse_id, SessionError,
-    },
+    sessions::{events::to_wire, namespace_of, parse_id, SessionError},
 };
 
 /// Largest request body accepted.
@@ -41,7 +39,9 @@ impl From<SessionError> for ApiError {
             SessionError::AlreadyRunning(_) => ApiError::Conflict(e.to_string()),
             SessionError::Limit { .. } => ApiError::TooManyRequests(e.to_string()),
             SessionError::KernelShort { .. } => ApiError::Unavailable(e.to_string()),
-            SessionError::Hook(HookError::Kernel(_)) | SessionError::Internal(_) => ApiError::Internal(e.to_string()),
+            SessionError::Hook(HookError::Kernel(_)) | SessionError::Task { .. } | SessionError::Tracefs(_) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
@@ -245,7 +245,7 @@ pub(super) async fn get_events(
 fn encode(
     out: &mut Vec<u8>,
     batch: &Batch,
-    rec: &crate::sessions::events::Record,
+    rec: &crate::batch::Record,
     formats: &std::collections::HashMap<u16, crate::ftrace::format::EventFormat>,
     node: &str,
     sid: &str,

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1:
 use prost::Message;
 
 use super::model::Wall;
-use crate::sessions::events::{Batch, Record};
+use crate::batch::{Batch, Record};
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;

@@ -33,9 +33,9 @@ use self::{
     transport::{SendError, Transport, TransportError},
 };
 use crate::{
+    batch::{Batch, BatchSink, ContainerTag},
     ftrace::format::EventFormat,
     metrics::Metrics,
-    sessions::events::{Batch, ContainerTag},
 };
 
 /// Export counters of one session (all its runs), mirrored into the node's metrics.
@@ -103,9 +103,9 @@ pub struct Sink {
     capacity: u64,
 }
 
-impl Sink {
+impl BatchSink for Sink {
     /// Offers a batch; never blocks. False once the worker is gone.
-    pub fn offer(&self, batch: &Arc<Batch>) -> bool {
+    fn offer(&self, batch: &Arc<Batch>) -> bool {
         let n = batch.records.len() as u64;
         if !self.counters.offer(n, self.capacity) {
             return true;

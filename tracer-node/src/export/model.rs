@@ -11,8 +11,8 @@ use opentelemetry_proto::tonic::{
 };
 
 use crate::{
+    batch::{Batch, ContainerTag, Record},
     ftrace::format::EventFormat,
-    sessions::events::{Batch, ContainerTag, Record},
 };
 
 /// Name of the instrumentation scope of everything exported.

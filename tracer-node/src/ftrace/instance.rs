@@ -74,23 +74,56 @@ impl Instance {
         &self.dir
     }
 
+    // The raw control-file access stays private: every kernel write the daemon makes is one of
+    // the named methods below, so what can reach tracefs is listed in this one file.
+
     /// Writes `value` to a control file (truncating).
-    pub fn write(&self, rel: &str, value: &str) -> Result<(), TracefsError> {
+    fn write(&self, rel: &str, value: &str) -> Result<(), TracefsError> {
         let path = self.dir.join(rel);
         fs::write(&path, value).map_err(io_err("write", &path))
     }
 
     /// Appends to a control file (`set_event_pid` keeps its list then).
-    pub fn append(&self, rel: &str, value: &str) -> Result<(), TracefsError> {
+    fn append(&self, rel: &str, value: &str) -> Result<(), TracefsError> {
         let path = self.dir.join(rel);
         let mut f = OpenOptions::new().append(true).open(&path).map_err(io_err("open", &path))?;
         f.write_all(value.as_bytes()).map_err(io_err("write", &path))
     }
 
     /// Reads a control file.
-    pub fn read(&self, rel: &str) -> Result<String, TracefsError> {
+    fn read(&self, rel: &str) -> Result<String, TracefsError> {
         let path = self.dir.join(rel);
         super::tracefs::read_file(&path).map_err(io_err("read", &path))
+    }
+
+    /// Sizes each CPU's ring buffer.
+    pub fn set_buffer_size_kb(&self, kb: u64) -> Result<(), TracefsError> {
+        self.write("buffer_size_kb", &kb.to_string())
+    }
+
+    /// Uses the `mono` trace clock (CLOCK_MONOTONIC), comparable across CPUs and with ours.
+    pub fn use_mono_clock(&self) -> Result<(), TracefsError> {
+        self.write("trace_clock", "mono")
+    }
+
+    /// The size of a ring-buffer page (sub-buffer) in bytes, on kernels that make it tunable.
+    pub fn subbuf_size(&self) -> Option<usize> {
+        self.read("buffer_subbuf_size_kb").ok()?.trim().parse::<usize>().ok().map(|kb| kb * 1024)
+    }
+
+    /// Limits the function tracer to `functions` (names or globs checked by the caller).
+    pub fn set_ftrace_filter(&self, functions: &[String]) -> Result<(), TracefsError> {
+        self.write("set_ftrace_filter", &functions.join(" "))
+    }
+
+    /// Selects the function tracer.
+    pub fn use_function_tracer(&self) -> Result<(), TracefsError> {
+        self.write("current_tracer", "function")
+    }
+
+    /// The thread ids in `set_event_pid`.
+    pub fn event_pids(&self) -> Result<Vec<u32>, TracefsError> {
+        Ok(self.read("set_event_pid")?.split_whitespace().filter_map(|t| t.parse().ok()).collect())
     }
 
     /// Sets an option (`options/<name>`).
@@ -121,7 +154,7 @@ impl Instance {
     }
 
     /// Appends thread ids to a pid list file, in chunks the kernel's parser takes in one write.
-    pub fn append_pids(&self, file: &str, tids: &[u32]) -> Result<(), TracefsError> {
+    fn append_pids(&self, file: &str, tids: &[u32]) -> Result<(), TracefsError> {
         for chunk in tids.chunks(256) {
             let text = format!("{}\n", chunk.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
             self.append(file, &text)?;

@@ -130,7 +130,7 @@ pub const INSTANCE_PREFIX: &str = "container-tracer-";
 
 impl Tracefs {
     /// Reads a file under the root.
-    pub fn read(&self, rel: &str) -> Result<String, TracefsError> {
+    fn read(&self, rel: &str) -> Result<String, TracefsError> {
         let path = self.root.join(rel);
         read_file(&path).map_err(|source| TracefsError::Io { op: "read", path, source })
     }
@@ -138,6 +138,24 @@ impl Tracefs {
     /// Every `system:event` the kernel offers.
     pub fn available_events(&self) -> Result<std::collections::HashSet<String>, TracefsError> {
         Ok(self.read("available_events")?.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())
+    }
+
+    /// CPUs with a ring buffer (`per_cpu/cpu*`), or `None` when they cannot be listed.
+    pub fn cpu_count(&self) -> Option<u64> {
+        let dir = std::fs::read_dir(self.root.join("per_cpu")).ok()?;
+        let n = dir.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("cpu")).count() as u64;
+        (n > 0).then_some(n)
+    }
+
+    /// The events of one system (`events/<system>/*`).
+    pub fn system_events(&self, system: &str) -> Result<Vec<String>, TracefsError> {
+        let path = self.root.join("events").join(system);
+        let entries = std::fs::read_dir(&path).map_err(|source| TracefsError::Io { op: "list", path, source })?;
+        Ok(entries
+            .flatten()
+            .filter(|d| d.path().is_dir())
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+            .collect())
     }
 
     /// The format of `system:event`.

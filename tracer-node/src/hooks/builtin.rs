@@ -91,7 +91,7 @@ impl Builtin {
     pub fn plan(self, args: &[String], tracefs: &Tracefs) -> Result<FtracePlan, HookError> {
         let argv = std::iter::once(self.name().to_owned()).chain(args.iter().cloned());
         let bad = |e: clap::Error| HookError::BadArguments(first_line(&e.to_string()));
-        let available = || tracefs.available_events().map_err(|e| HookError::Kernel(e.to_string()));
+        let available = || tracefs.available_events().map_err(HookError::Kernel);
         match self {
             Builtin::Syscalls => {
                 let a = SyscallArgs::try_parse_from(argv).map_err(bad)?;
@@ -157,7 +157,7 @@ impl Builtin {
                         for e in &events {
                             let fmt = tracefs
                                 .event_format(&e.system, e.event.as_deref().unwrap_or_default())
-                                .map_err(|err| HookError::Kernel(err.to_string()))?;
+                                .map_err(HookError::Kernel)?;
                             fields.push(fmt.fields.iter().map(|f| f.name.clone()).collect());
                         }
                         filter::validate(&expr, &fields)

@@ -27,7 +27,7 @@ pub enum HookError {
     BadArguments(String),
     /// The kernel's tracing files could not be read.
     #[error("kernel tracing unavailable: {0}")]
-    Kernel(String),
+    Kernel(#[source] crate::ftrace::TracefsError),
 }
 
 /// What a session will run.

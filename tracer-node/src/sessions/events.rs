@@ -16,9 +16,10 @@ use tracer_api::v1::{SessionStats, TraceEvent};
 use tracing::debug;
 
 pub use super::lineage::{ExitEvent, ForkEvent};
-use super::resolver::{Resolver, TaskInfo};
+use super::resolver::Resolver;
 
 use crate::{
+    batch::{Batch, BatchSink, Record, TaskInfo},
     ftrace::{
         barrier::Progress,
         format::{EventFormat, PageHeader},
@@ -26,54 +27,6 @@ use crate::{
     },
     metrics::Metrics,
 };
-
-/// The container a thread belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerTag {
-    /// Runtime id.
-    pub id: String,
-    /// Pod name.
-    pub pod: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Container name.
-    pub name: String,
-    /// Runtime that created it (`runc`, `crun`, ...), empty when unknown.
-    pub runtime: String,
-}
-
-/// One event, pointing into its page.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Kernel timestamp (ns, instance clock).
-    pub ts: u64,
-    /// Thread id (`common_pid`).
-    pub pid: i32,
-    /// Event id (`common_type`).
-    pub event_id: u16,
-    pub(crate) offset: u32,
-    pub(crate) len: u32,
-    /// The thread.
-    pub task: Arc<TaskInfo>,
-}
-
-/// The events of one page.
-#[derive(Debug)]
-pub struct Batch {
-    /// CPU the page came from.
-    pub cpu: u32,
-    pub(crate) page: Vec<u8>,
-    /// The events.
-    pub records: Vec<Record>,
-}
-
-impl Batch {
-    /// The raw payload of `record`.
-    pub fn payload(&self, record: &Record) -> &[u8] {
-        let start = record.offset as usize;
-        self.page.get(start..start + record.len as usize).unwrap_or_default()
-    }
-}
 
 /// Counters of a session's events.
 #[derive(Debug, Default)]
@@ -126,7 +79,7 @@ pub enum FollowError {
 pub struct EventStore {
     retained: Mutex<Retained>,
     followers: Mutex<Vec<Follower>>,
-    sinks: Mutex<Vec<crate::export::Sink>>,
+    sinks: Mutex<Vec<Box<dyn BatchSink>>>,
     counters: Counters,
     capacity: usize,
     metrics: Arc<Metrics>,
@@ -148,7 +101,7 @@ impl EventStore {
     }
 
     /// Adds an export sink: every batch from now on is offered to it.
-    pub fn add_sink(&self, sink: crate::export::Sink) {
+    pub fn add_sink(&self, sink: Box<dyn BatchSink>) {
         // Under the retention lock, as `push` offers batches: no batch is half-seen.
         let _r = self.retained.lock().unwrap_or_else(|p| p.into_inner());
         self.sinks.lock().unwrap_or_else(|p| p.into_inner()).push(sink);
@@ -423,6 +376,7 @@ pub fn to_wire(
 mod tests {
     use super::*;
     use crate::{
+        batch::ContainerTag,
         ftrace::{barrier::Barrier, ring::tests::PageBuilder},
         registry::procfs::Procfs,
     };

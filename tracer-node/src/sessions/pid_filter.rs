@@ -8,7 +8,7 @@
 //! session's lock is never held while the kernel works.
 
 use std::sync::{
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
     Arc, Mutex, OnceLock,
 };
 
@@ -43,9 +43,14 @@ pub struct PidFilter {
     instance: Arc<Instance>,
     /// `set_ftrace_pid` too (the function tracer).
     functions: bool,
-    /// Whether `tracing_on` was set; a run started with no thread to trace waits for the first
-    /// container's threads before it records (an empty filter would record the whole host).
+    /// Whether `tracing_on` was set. Recording starts with the first batch, never before: an
+    /// empty filter would record the whole host.
     recording: AtomicBool,
+    /// Whether the instance's clock is `mono`, which decides the order of the first batch.
+    mono: bool,
+    /// Where the run's events begin, in the trace clock; 0 until the first batch is written
+    /// (the readers wait for it).
+    from_ts: Arc<AtomicU64>,
     pending: Mutex<Pending>,
     /// Held while a batch is written; true once the run stops and nothing may be written.
     writer: Mutex<bool>,
@@ -58,12 +63,14 @@ impl std::fmt::Debug for PidFilter {
 }
 
 impl PidFilter {
-    /// The filter of `instance`, already recording when `recording`.
-    pub fn new(instance: Arc<Instance>, functions: bool, recording: bool) -> Self {
+    /// The filter of `instance`, not recording yet; `from_ts` is set once it does.
+    pub fn new(instance: Arc<Instance>, functions: bool, mono: bool, from_ts: Arc<AtomicU64>) -> Self {
         Self {
             instance,
             functions,
-            recording: AtomicBool::new(recording),
+            recording: AtomicBool::new(false),
+            mono,
+            from_ts,
             pending: Mutex::default(),
             writer: Mutex::default(),
         }
@@ -103,22 +110,44 @@ impl PidFilter {
         // Ours are pending still (the batch taken before ours was pushed did not hold them):
         // this batch holds them and every one pushed while we waited.
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let kernel = |e| PidFilterError::Kernel(Arc::new(e));
-        let mut result = if batch.tids.is_empty() {
+        let result = if batch.tids.is_empty() {
             Ok(())
+        } else if self.recording() {
+            self.instance.add_pids(&batch.tids, self.functions)
         } else {
-            self.instance.add_pids(&batch.tids, self.functions).map_err(kernel)
-        };
-        if result.is_ok() && !batch.tids.is_empty() && !self.recording() {
-            result = self.instance.set_tracing_on(true).map_err(kernel);
-            if result.is_ok() {
-                self.recording.store(true, Ordering::Release);
-            }
+            self.first_batch(&batch.tids)
         }
+        .map_err(|e| PidFilterError::Kernel(Arc::new(e)));
         for w in &batch.waiters {
             let _ = w.set(result.clone());
         }
         result
+    }
+
+    /// Writes the run's first list and turns recording on. With the mono clock recording goes
+    /// first: a write that replaces a list leaves, for a whole RCU grace period, running tasks in
+    /// the new list whose forks are still ignored, and their children would be recorded with no
+    /// fork to tie them to their container. Written into a recording instance the list is the
+    /// first one, so forks are followed from the start; what the instance recorded of the host
+    /// before the write returned is before `from_ts` and not shown (its forks and exits are
+    /// still followed). Other clocks cannot be compared with ours: then the filter goes first,
+    /// nothing of the host is recorded, and every event is shown.
+    fn first_batch(&self, tids: &[u32]) -> Result<(), TracefsError> {
+        if self.mono {
+            self.instance.set_tracing_on(true)?;
+            if let Err(e) = self.instance.add_pids(tids, self.functions) {
+                // Never left recording the whole host.
+                let _ = self.instance.set_tracing_on(false);
+                return Err(e);
+            }
+            self.from_ts.store(monotonic_ns().max(1), Ordering::Release);
+        } else {
+            self.instance.add_pids(tids, self.functions)?;
+            self.instance.set_tracing_on(true)?;
+            self.from_ts.store(1, Ordering::Release);
+        }
+        self.recording.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The run stops: waits for a batch being written, and refuses every later one (a late
@@ -126,6 +155,12 @@ impl PidFilter {
     pub fn close(&self) {
         *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the instances' `mono` trace clock.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 #[cfg(test)]
@@ -150,7 +185,8 @@ mod tests {
     fn concurrent_adds_each_return_with_their_threads_filtered_and_a_closed_filter_takes_none() {
         let Some(fs) = tracefs() else { return };
         let instance = Arc::new(Instance::create(&fs, &std::process::id().to_string()).expect("instance"));
-        let filter = Arc::new(PidFilter::new(instance.clone(), false, false));
+        let from_ts = Arc::new(AtomicU64::new(0));
+        let filter = Arc::new(PidFilter::new(instance.clone(), false, true, from_ts.clone()));
         let writers = 32u32;
         std::thread::scope(|s| {
             for i in 0..writers {
@@ -159,17 +195,15 @@ mod tests {
                 s.spawn(move || {
                     let tid = 30_000 + i;
                     filter.commit(filter.push(&[tid])).expect("add");
-                    let list = instance.read("set_event_pid").expect("read set_event_pid");
-                    assert!(
-                        list.split_whitespace().any(|t| t == tid.to_string()),
-                        "{tid} is filtered once add returned: {list}"
-                    );
+                    let list = instance.event_pids().expect("read set_event_pid");
+                    assert!(list.contains(&tid), "{tid} is filtered once add returned: {list:?}");
                 });
             }
         });
         assert!(filter.recording(), "the first threads turned recording on");
-        let list = instance.read("set_event_pid").expect("read");
-        assert_eq!(list.split_whitespace().count(), writers as usize, "{list}");
+        assert!(from_ts.load(Ordering::Acquire) > 1, "the run's events begin after the first write (mono clock)");
+        let list = instance.event_pids().expect("read");
+        assert_eq!(list.len(), writers as usize, "{list:?}");
         filter.close();
         assert!(
             matches!(filter.commit(filter.push(&[1234])), Err(PidFilterError::Stopped)),

@@ -14,20 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{events::ContainerTag, lineage::Lineage};
+use super::lineage::Lineage;
+use crate::batch::{ContainerTag, TaskInfo};
 use crate::registry::procfs::Procfs;
-
-/// What is known of a thread.
-#[derive(Debug)]
-pub struct TaskInfo {
-    /// Its process.
-    pub tgid: i32,
-    /// Its command name.
-    pub comm: Arc<str>,
-    /// Its container, if it could be tied to one of the session's.
-    pub container: Option<Arc<ContainerTag>>,
-    pub(super) seen: Instant,
-}
 
 /// A container and, once removed, when.
 type KnownContainer = (Arc<ContainerTag>, Option<Instant>);

@@ -1,0 +1,74 @@
+//! What events travel in, from a session's kernel readers to its consumers (the retention
+//! buffer, followers and export): a page's worth of records, each tied to its thread and its
+//! container, and the trait export implements to take them. A leaf module, so the consumers
+//! depend on it and not on each other (export does not import sessions).
+
+use std::{sync::Arc, time::Instant};
+
+/// The container a thread belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerTag {
+    /// Runtime id.
+    pub id: String,
+    /// Pod name.
+    pub pod: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Container name.
+    pub name: String,
+    /// Runtime that created it (`runc`, `crun`, ...), empty when unknown.
+    pub runtime: String,
+}
+
+/// One event, pointing into its page.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Kernel timestamp (ns, instance clock).
+    pub ts: u64,
+    /// Thread id (`common_pid`).
+    pub pid: i32,
+    /// Event id (`common_type`).
+    pub event_id: u16,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+    /// The thread.
+    pub task: Arc<TaskInfo>,
+}
+
+/// The events of one page.
+#[derive(Debug)]
+pub struct Batch {
+    /// CPU the page came from.
+    pub cpu: u32,
+    pub(crate) page: Vec<u8>,
+    /// The events.
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    /// The raw payload of `record`.
+    pub fn payload(&self, record: &Record) -> &[u8] {
+        let start = record.offset as usize;
+        self.page.get(start..start + record.len as usize).unwrap_or_default()
+    }
+}
+
+/// What is known of a thread.
+#[derive(Debug)]
+pub struct TaskInfo {
+    /// Its process.
+    pub tgid: i32,
+    /// Its command name.
+    pub comm: Arc<str>,
+    /// Its container, if it could be tied to one of the session's.
+    pub container: Option<Arc<ContainerTag>>,
+    pub(crate) seen: Instant,
+}
+
+/// A consumer of a session's batches other than its followers: export. Offered every batch
+/// the session reads, from the reader threads, so it must never block.
+pub trait BatchSink: Send + Sync + std::fmt::Debug {
+    /// Takes (or drops, counting it) a batch. False once the consumer is gone for good: the
+    /// session forgets it then.
+    fn offer(&self, batch: &Arc<Batch>) -> bool;
+}

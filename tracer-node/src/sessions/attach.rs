@@ -1,0 +1,116 @@
+//! Containers joining and leaving sessions as the registry learns of them; a running session's
+//! pid filter takes a new container's threads while its creation hook still waits.
+
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use super::{pid_filter::PidFilter, resolver::Resolver, Attached, Run, Session, SessionManager};
+use crate::{
+    batch::ContainerTag,
+    registry::{Entry, Registry, RegistryObserver},
+};
+
+/// Every thread id of a container's processes, each also told to the session's resolver: a
+/// thread alive now may be gone by the time its events are read, and its fork was before the
+/// run (so no fork event ties it to its container).
+pub(super) fn container_tids(registry: &Registry, a: &Attached, resolver: &Resolver) -> Vec<u32> {
+    let tids = threads_of(registry, a.init, a.cgroup.as_deref());
+    resolver.known_threads(a.init, &tids);
+    tids
+}
+
+fn threads_of(registry: &Registry, init: u32, cgroup: Option<&std::path::Path>) -> Vec<u32> {
+    let procfs = registry.procfs();
+    procfs.tasks(init, cgroup).into_iter().flat_map(|pid| procfs.threads(pid)).collect()
+}
+
+impl SessionManager {
+    /// Adds a container to a session; answers the session's pid filter when it runs, for the
+    /// caller to add the container's threads to.
+    pub(super) fn attach(&self, s: &Session, e: &Entry) -> Option<Arc<PidFilter>> {
+        let r = &e.record;
+        let tag = Arc::new(ContainerTag {
+            id: r.id.clone(),
+            pod: r.pod.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            runtime: r.runtime.clone().unwrap_or_default(),
+        });
+        let a = Attached { tag: tag.clone(), init: r.pid, cgroup: e.cgroup.clone() };
+        let mut st = s.lock();
+        if st.containers.contains_key(&r.id) {
+            return None;
+        }
+        s.resolver.add_container(r.pid, tag.clone());
+        if let Some(export) = &st.export {
+            // Attached while running means attached at its creation (or its late
+            // registration): its span starts when the runtime created it.
+            let at = if r.created_unix_ns > 0 { r.created_unix_ns } else { crate::export::model::unix_now() };
+            export.container_started(tag, r.pid, at, true);
+        }
+        let filter = match &st.run {
+            Some(Run::Ftrace { filter, readers: Some(_) }) => Some(filter.clone()),
+            Some(Run::External(_)) => {
+                warn!(session = s.id, container_id = %r.id, "external hooks cannot take new containers while running; attached at next start");
+                None
+            }
+            _ => None,
+        };
+        // Listed before its threads are filtered: a start that comes next programs it, and
+        // a run in progress gets them from the caller.
+        st.containers.insert(r.id.clone(), a);
+        filter
+    }
+}
+
+impl RegistryObserver for SessionManager {
+    /// The container joins every matching session; the running ones get its threads, read
+    /// once, pushed to all their filters before any is written, so that each filter's next
+    /// batch holds them whoever writes it. The procfs reads and the kernel writes happen
+    /// without any session lock: GET, stats and other attachments go on meanwhile.
+    fn registered(&self, entry: &Entry) {
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        let running: Vec<(&Arc<Session>, Arc<PidFilter>)> =
+            sessions.iter().filter(|s| s.matches(entry)).filter_map(|s| Some((s, self.attach(s, entry)?))).collect();
+        if running.is_empty() {
+            return;
+        }
+        let (init, id) = (entry.record.pid, &entry.record.id);
+        let tids = threads_of(&self.registry, init, entry.cgroup.as_deref());
+        let left: Vec<_> = running
+            .into_iter()
+            .map(|(s, filter)| {
+                s.resolver.known_threads(init, &tids);
+                let ticket = filter.push(&tids);
+                (s, filter, ticket)
+            })
+            .collect();
+        // In turn: the kernel serialises filter writes of every instance (20 appends to two
+        // instances from two threads took as long as 20 to one), so what saves time is fewer
+        // writes, each carrying every container that waited for it.
+        for (s, filter, ticket) in left {
+            match filter.commit(ticket) {
+                Ok(()) => {
+                    info!(session = s.id, container_id = %id, threads = tids.len(), "container attached to running session")
+                }
+                Err(e) => error!(session = s.id, container_id = %id, error = %e, "cannot add container to pid filter"),
+            }
+        }
+    }
+
+    fn unregistered(&self, id: &str) {
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        for s in sessions {
+            // The kernel drops exited threads from the filter itself (event-fork); this keeps
+            // the session's container list true.
+            let mut st = s.lock();
+            if st.containers.remove(id).is_some() {
+                s.resolver.remove_container(id);
+                if let Some(export) = &st.export {
+                    export.container_exited(id);
+                }
+            }
+        }
+    }
+}
