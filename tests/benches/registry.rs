@@ -17,8 +17,10 @@ use std::{
 };
 
 use e2e::{
-    agent, containerd_annotations, require, rootfs,
-    standin::{quantile, register, registration_burst, StandIn},
+    agent, containerd_annotations,
+    poller::quantile,
+    require, rootfs,
+    standin::{register, registration_burst, start_while_registering, StandIn},
     unique, Bundle, Node, Runtime,
 };
 use serde_json::json;
@@ -162,6 +164,39 @@ fn registration_burst_figures() {
     }
 }
 
+/// A session over 200 containers starting while 50 more register: the start's round trip and
+/// the latency of GET, stats and `/healthz` meanwhile (5 runs).
+fn start_figures() {
+    println!("session start over 200 stand-in containers while 50 more register (5 runs)");
+    for _ in 0..5 {
+        let node = Node::start().expect("tracer-node");
+        let prefix = unique("start");
+        let standins: Vec<StandIn> =
+            (0..200).map(|i| StandIn::start(&format!("{prefix}-{i}")).expect("stand-in")).collect();
+        let b = registration_burst(&node, &standins, &prefix);
+        assert!(b.failures.is_empty(), "{:?}", b.failures);
+        let sid = node
+            .create_session(&json!({"pod": format!("{prefix}-*"), "container": "*", "trace-hook": "trace_exec"}))
+            .expect("session");
+        let late: Vec<StandIn> =
+            (0..50).map(|i| StandIn::start(&format!("{prefix}-late-{i}")).expect("stand-in")).collect();
+        let run = start_while_registering(&node, &sid, &late, &format!("{prefix}-late"));
+        let line: Vec<String> = run
+            .polled
+            .iter()
+            .map(|p| {
+                let path = p.path.rsplit_once(&sid).map_or(p.path.clone(), |(a, b)| format!("{a}<id>{b}"));
+                format!(
+                    "{path} p99 {:.1} ms max {:.1} ms",
+                    ms(quantile(&p.latencies, 0.99)),
+                    ms(quantile(&p.latencies, 1.0))
+                )
+            })
+            .collect();
+        println!("  start {:.0} ms; {}", ms(run.start), line.join("; "));
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported here.
     if !require(&["runc"]) {
@@ -171,4 +206,5 @@ fn main() {
     hook_overhead(runs);
     pods_latency();
     registration_burst_figures();
+    start_figures();
 }

@@ -8,17 +8,14 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Barrier,
-    },
+    sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use tracer_api::{hook::MESSAGE_VERSION, ContainerCreated, ContainerKind, RegistryEvent};
 
-use crate::{agent, rootfs, wait_until, Node};
+use crate::{poller::Poller, rootfs, wait_until, Node};
 
 /// Root of the cgroup hierarchy stand-ins are put in (unified on v2 and on hybrid hosts, where
 /// the registry looks first).
@@ -137,42 +134,12 @@ pub struct Burst {
     pub failures: Vec<String>,
 }
 
-/// p-th quantile of sorted `d` (zero when empty).
-pub fn quantile(d: &[Duration], p: f64) -> Duration {
-    if d.is_empty() {
-        return Duration::ZERO;
-    }
-    d[((d.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Registers every stand-in at once (a thread each, released together) while two clients poll
-/// `/healthz` and `/v1/pods` back to back, until every registration is answered.
-pub fn registration_burst(node: &Node, standins: &[StandIn], pod_prefix: &str) -> Burst {
-    let done = Arc::new(AtomicBool::new(false));
-    let poll = |path: &'static str| {
-        let (done, url) = (done.clone(), format!("{}{path}", node.url));
-        std::thread::spawn(move || {
-            let agent = agent();
-            let (mut lat, mut failures) = (Vec::new(), Vec::new());
-            while !done.load(Ordering::Acquire) {
-                let t = Instant::now();
-                match agent.get(&url).call() {
-                    Ok(mut r) if r.status() == 200 => {
-                        let _ = r.body_mut().read_to_vec();
-                        lat.push(t.elapsed());
-                    }
-                    Ok(r) => failures.push(format!("{path}: {}", r.status())),
-                    Err(e) => failures.push(format!("{path}: {e}")),
-                }
-            }
-            (lat, failures)
-        })
-    };
-    let (healthz, pods) = (poll("/healthz"), poll("/v1/pods"));
-    // Let both pollers be in flight before the burst.
-    std::thread::sleep(Duration::from_millis(100));
+/// Registers every stand-in at once, a thread each, released together; `pod_prefix-<i>` is the
+/// pod of the i-th. Answers the time from the release to the last answer, and each
+/// registration's round trip or why it failed.
+pub fn register_all(node: &Node, standins: &[StandIn], pod_prefix: &str) -> (Duration, Vec<Result<Duration, String>>) {
     let barrier = Arc::new(Barrier::new(standins.len() + 1));
-    let start = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let senders: Vec<_> = standins
             .iter()
             .enumerate()
@@ -188,11 +155,17 @@ pub fn registration_burst(node: &Node, standins: &[StandIn], pod_prefix: &str) -
         barrier.wait();
         let start = Instant::now();
         let results: Vec<_> = senders.into_iter().map(|h| h.join().expect("sender thread")).collect();
-        (start, results)
-    });
-    let (start, results) = start;
-    let wall = start.elapsed();
-    done.store(true, Ordering::Release);
+        (start.elapsed(), results)
+    })
+}
+
+/// Registers every stand-in at once (see [`register_all`]) while two clients poll `/healthz`
+/// and `/v1/pods` back to back, until every registration is answered.
+pub fn registration_burst(node: &Node, standins: &[StandIn], pod_prefix: &str) -> Burst {
+    let poller = Poller::start(&node.url, &["/healthz".into(), "/v1/pods".into()]);
+    let (wall, results) = register_all(node, standins, pod_prefix);
+    let mut polled = poller.finish().into_iter();
+    let (healthz, pods) = (polled.next().unwrap_or_default(), polled.next().unwrap_or_default());
     let mut failures = Vec::new();
     let mut registrations = Vec::new();
     for r in results {
@@ -201,12 +174,39 @@ pub fn registration_burst(node: &Node, standins: &[StandIn], pod_prefix: &str) -
             Err(e) => failures.push(e),
         }
     }
-    let (mut healthz, hf) = healthz.join().expect("healthz poller");
-    let (mut pods, pf) = pods.join().expect("pods poller");
-    failures.extend(hf);
-    failures.extend(pf);
+    failures.extend(healthz.failures);
+    failures.extend(pods.failures);
     registrations.sort();
-    healthz.sort();
-    pods.sort();
-    Burst { wall, registrations, healthz, pods, failures }
+    Burst { wall, registrations, healthz: healthz.latencies, pods: pods.latencies, failures }
+}
+
+/// What a start measured while containers registered.
+pub struct StartRun {
+    /// The PUT `{"Run": true}` round trip.
+    pub start: Duration,
+    /// The registrations sent meanwhile, as [`register_all`] answers them.
+    pub registrations: Vec<Result<Duration, String>>,
+    /// GET of the session, its stats and `/healthz`, polled from before the start to after.
+    pub polled: Vec<crate::poller::Polled>,
+}
+
+/// Starts session `sid` while `late` register at the same moment (pods `pod_prefix-<i>`) and
+/// clients poll the session, its stats and `/healthz`.
+pub fn start_while_registering(node: &Node, sid: &str, late: &[StandIn], pod_prefix: &str) -> StartRun {
+    let paths = [format!("/v1/trace-session/{sid}"), format!("/v1/trace-session/{sid}/stats"), "/healthz".into()];
+    let poller = Poller::start(&node.url, &paths);
+    let (start, registrations) = std::thread::scope(|s| {
+        let barrier = Arc::new(Barrier::new(2));
+        let b2 = barrier.clone();
+        let regs = s.spawn(move || {
+            b2.wait();
+            register_all(node, late, pod_prefix).1
+        });
+        barrier.wait();
+        let t = Instant::now();
+        node.run_session(sid, true).expect("start");
+        let start = t.elapsed();
+        (start, regs.join().expect("registrations"))
+    });
+    StartRun { start, registrations, polled: poller.finish() }
 }

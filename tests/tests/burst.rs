@@ -6,14 +6,21 @@
 //! matching running session attached to every container.
 
 use e2e::{
+    poller::quantile,
     require,
-    standin::{quantile, registration_burst, StandIn},
+    standin::{registration_burst, start_while_registering, StandIn},
     unique, Node,
 };
 use serde_json::json;
 
 const CONTAINERS: usize = 200;
 const SESSIONS: usize = 4;
+/// Containers that register while a session over [`CONTAINERS`] others starts.
+const DURING_START: usize = 50;
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
 
 #[test]
 fn two_hundred_containers_registering_at_once_leave_the_api_answering_and_every_session_attached() {
@@ -35,7 +42,6 @@ fn two_hundred_containers_registering_at_once_leave_the_api_answering_and_every_
     let standins: Vec<StandIn> =
         (0..CONTAINERS).map(|i| StandIn::start(&format!("{prefix}-{i}")).expect("stand-in")).collect();
     let burst = registration_burst(&node, &standins, &prefix);
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let metrics = e2e::agent()
         .get(&format!("{}/metrics", node.url))
         .call()
@@ -76,4 +82,57 @@ fn two_hundred_containers_registering_at_once_leave_the_api_answering_and_every_
             .is_ok_and(|p| !p.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with(&prefix))))),
         "the exit watcher removed every stand-in"
     );
+}
+
+/// A start reads the threads of every container and writes the first pid filter without the
+/// session's lock, after publishing the run: a container registering meanwhile is attached by its
+/// registration or by the start, and in the filter either way; GET and stats keep answering.
+#[test]
+fn a_start_over_two_hundred_containers_filters_each_one_and_every_one_registering_meanwhile() {
+    if !require(&["unshare"]) {
+        return;
+    }
+    let node = Node::start().expect("tracer-node");
+    let prefix = unique("start");
+    let standins: Vec<StandIn> =
+        (0..CONTAINERS).map(|i| StandIn::start(&format!("{prefix}-{i}")).expect("stand-in")).collect();
+    let before = registration_burst(&node, &standins, &prefix);
+    assert!(before.failures.is_empty(), "{:?}", before.failures);
+    let sid = node
+        .create_session(
+            &serde_json::json!({"pod": format!("{prefix}-*"), "container": "*", "trace-hook": "trace_exec"}),
+        )
+        .expect("session");
+    let late: Vec<StandIn> =
+        (0..DURING_START).map(|i| StandIn::start(&format!("{prefix}-late-{i}")).expect("stand-in")).collect();
+    let run = start_while_registering(&node, &sid, &late, &format!("{prefix}-late"));
+    for p in &run.polled {
+        println!(
+            "during the start ({:.0} ms, {CONTAINERS} containers, {DURING_START} registering): GET {} {} answers, \
+             p99 {:.1} ms, max {:.1} ms",
+            ms(run.start),
+            p.path,
+            p.latencies.len(),
+            ms(quantile(&p.latencies, 0.99)),
+            ms(quantile(&p.latencies, 1.0)),
+        );
+        assert!(p.failures.is_empty(), "{} failed during the start: {:?}", p.path, p.failures);
+        assert!(!p.latencies.is_empty(), "{} answered during the start", p.path);
+    }
+    let refused: Vec<&String> = run.registrations.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(refused.is_empty(), "registrations during the start: {refused:?}");
+    let s = node.session(&sid).expect("session");
+    assert_eq!(s["Running"], true, "{s}");
+    let attached = s["Containers"].as_object().map_or(0, |o| o.len());
+    assert_eq!(attached, CONTAINERS + DURING_START, "every container attached: {s}");
+    let instance = s["Output"][0].as_str().and_then(|o| o.strip_prefix("ftrace instance ")).expect("instance name");
+    let filter = std::fs::read_to_string(format!("/sys/kernel/tracing/instances/{instance}/set_event_pid"))
+        .expect("set_event_pid");
+    let filtered: std::collections::HashSet<u32> = filter.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    let missing: Vec<&str> =
+        standins.iter().chain(&late).filter(|st| !filtered.contains(&st.pid)).map(|st| st.id.as_str()).collect();
+    assert!(missing.is_empty(), "{} containers' inits not in the pid filter: {missing:?}", missing.len());
+    let (status, body) = node.call("DELETE", &format!("/v1/trace-session/{sid}"), None).expect("DELETE");
+    assert_eq!(status, 200, "{body}");
+    assert!(node.instances().is_empty(), "instance removed: {:?}", node.instances());
 }
