@@ -1,0 +1,344 @@
+//! A running session's export worker: batches its events into OTLP requests, retries, keeps the
+//! spans of its containers, and reports what it dropped.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Instant,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    resource::v1::Resource,
+    trace::v1::{span::SpanKind, Span},
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{
+    config::EventsAs,
+    encode,
+    model::{self, SessionContext, Wall},
+    retry::send,
+    session::Control,
+    ExportCounters, Exporter, FINAL_DRAIN, FLUSH_EVERY, MAX_RETRY, WARN_EVERY,
+};
+use crate::{
+    batch::{Batch, ContainerTag},
+    ftrace::format::EventFormat,
+};
+
+pub(super) struct SpanState {
+    pub(super) span_id: [u8; 8],
+    pub(super) tag: Arc<ContainerTag>,
+    pub(super) init: u32,
+    pub(super) resource: Resource,
+    pub(super) start: u64,
+    pub(super) end: Option<(u64, Instant)>,
+    pub(super) at_creation: bool,
+    pub(super) exit_code: Option<i64>,
+    pub(super) events: u64,
+    pub(super) exported: bool,
+}
+
+pub(super) struct Worker {
+    pub(super) ex: Arc<Exporter>,
+    pub(super) names: HashMap<u16, encode::EventNames>,
+    pub(super) ctx: SessionContext,
+    pub(super) formats: Arc<HashMap<u16, EventFormat>>,
+    pub(super) counters: Arc<ExportCounters>,
+    pub(super) root_span: [u8; 8],
+    pub(super) root_resource: Resource,
+    pub(super) spans: BTreeMap<String, SpanState>,
+    pub(super) by_init: HashMap<u32, String>,
+    pub(super) pending: Vec<Arc<Batch>>,
+    pub(super) pending_events: usize,
+    pub(super) started: u64,
+    pub(super) stopped: Option<u64>,
+    pub(super) last_warn: Option<Instant>,
+    pub(super) logged_dropped: u64,
+    pub(super) last_reason: String,
+    pub(super) retry_warned: Option<Instant>,
+    pub(super) drain_by: Option<Instant>,
+}
+
+impl Worker {
+    /// The worker of a run of `ctx` that started at `started` (unix ns); `already_dropped`
+    /// events of the session's earlier runs were reported then.
+    pub(super) fn new(
+        ex: Arc<Exporter>,
+        ctx: SessionContext,
+        formats: Arc<HashMap<u16, EventFormat>>,
+        counters: Arc<ExportCounters>,
+        started: u64,
+        already_dropped: u64,
+    ) -> Self {
+        let names = formats
+            .iter()
+            .map(|(id, f)| {
+                let n = encode::EventNames {
+                    full: format!("{}:{}", f.system, f.name),
+                    system: f.system.clone(),
+                    event: f.name.clone(),
+                };
+                (*id, n)
+            })
+            .collect();
+        Worker {
+            names,
+            ex,
+            root_span: crate::ids::random_u64().to_be_bytes(),
+            root_resource: ctx.session_resource(),
+            ctx,
+            formats,
+            counters,
+            spans: BTreeMap::new(),
+            by_init: HashMap::new(),
+            pending: Vec::new(),
+            pending_events: 0,
+            started,
+            stopped: None,
+            last_warn: None,
+            logged_dropped: already_dropped,
+            last_reason: String::new(),
+            retry_warned: None,
+            drain_by: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Arc<Batch>>, mut ctl: mpsc::Receiver<Control>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                b = batches.recv() => match b {
+                    Some(b) => {
+                        self.pending_events += b.records.len();
+                        self.pending.push(b);
+                        if self.pending_events >= self.ex.config.batch_events {
+                            self.flush(self.deadline()).await;
+                        }
+                    }
+                    // The store closed its sinks: the run is over and everything is queued.
+                    None => break,
+                },
+                Some(c) = ctl.recv() => self.control(c),
+                _ = tick.tick() => {
+                    self.flush(self.deadline()).await;
+                    self.export_spans(false, self.deadline()).await;
+                    self.report(false);
+                }
+            }
+        }
+        while let Ok(c) = ctl.try_recv() {
+            self.control(c);
+        }
+        self.drain_by.get_or_insert(Instant::now() + FINAL_DRAIN);
+        // Spans get their own attempt even when the events used up the drain time.
+        let deadline = self.deadline();
+        self.flush(deadline).await;
+        self.export_spans(true, deadline.max(Instant::now() + self.ex.config.timeout)).await;
+        self.report(true);
+        let (queued, exported, dropped) = self.counters.snapshot();
+        info!(session = self.ctx.id, exported, dropped, queued, "OTLP export of the run finished");
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Started { tag, init, at, at_creation } => {
+                let resource = self.ctx.container_resource(&tag);
+                self.by_init.insert(init, tag.id.clone());
+                self.spans.entry(tag.id.clone()).or_insert(SpanState {
+                    span_id: crate::ids::random_u64().to_be_bytes(),
+                    tag,
+                    init,
+                    resource,
+                    start: at,
+                    end: None,
+                    at_creation,
+                    exit_code: None,
+                    events: 0,
+                    exported: false,
+                });
+            }
+            Control::Exited { id, at } => {
+                if let Some(s) = self.spans.get_mut(&id) {
+                    s.end.get_or_insert((at, Instant::now()));
+                }
+            }
+            Control::Stop { at } => {
+                self.stopped = Some(at);
+                self.drain_by.get_or_insert(Instant::now() + FINAL_DRAIN);
+            }
+        }
+    }
+
+    /// The span of a container, created on first sight when an event beats its start message.
+    fn span_of(&mut self, tag: &Arc<ContainerTag>, at: u64) -> &mut SpanState {
+        let ctx = &self.ctx;
+        self.spans.entry(tag.id.clone()).or_insert_with(|| SpanState {
+            span_id: crate::ids::random_u64().to_be_bytes(),
+            tag: tag.clone(),
+            init: 0,
+            resource: ctx.container_resource(tag),
+            start: at,
+            end: None,
+            at_creation: false,
+            exit_code: None,
+            events: 0,
+            exported: false,
+        })
+    }
+
+    /// The time limit of a flush: retries while running, one shared limit once stopped.
+    fn deadline(&self) -> Instant {
+        let retry = Instant::now() + MAX_RETRY;
+        self.drain_by.map_or(retry, |d| d.min(retry))
+    }
+
+    async fn flush(&mut self, deadline: Instant) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batches = std::mem::take(&mut self.pending);
+        let n = std::mem::take(&mut self.pending_events) as u64;
+        if Instant::now() >= deadline {
+            // The stopped run's drain time is used up (collector down or hanging): counted, not sent.
+            self.counters.done(n);
+            self.counters.drop_events(n);
+            self.note_loss("the stopped session's export time ran out");
+            return;
+        }
+        let (wall, observed) = (Wall::now(), model::unix_now());
+        let trace_id = self.ctx.trace_id;
+        let mut logs: BTreeMap<Option<String>, Vec<u8>> = BTreeMap::new();
+        let mut chunks: BTreeMap<Option<String>, Vec<opentelemetry_proto::tonic::trace::v1::span::Event>> =
+            BTreeMap::new();
+        let formats = self.formats.clone();
+        for batch in &batches {
+            for rec in &batch.records {
+                let d = model::decode(batch, rec, &formats);
+                let key = match &rec.task.container {
+                    Some(tag) => {
+                        let span = self.span_of(tag, wall.unix(rec.ts));
+                        span.events += 1;
+                        // The exit status of the container is its init's exit_group argument.
+                        if d.format.is_some_and(|f| f.name == "sys_enter_exit_group")
+                            && u32::try_from(rec.task.tgid).is_ok_and(|t| t == span.init)
+                        {
+                            span.exit_code = d.fields.get("error_code").and_then(serde_json::Value::as_i64);
+                        }
+                        Some(tag.id.clone())
+                    }
+                    None => None,
+                };
+                let span_id = key.as_ref().and_then(|k| self.spans.get(k)).map_or(self.root_span, |s| s.span_id);
+                match self.ex.config.events_as {
+                    EventsAs::Logs => encode::log_record(
+                        logs.entry(key).or_insert_with(|| Vec::with_capacity(256 * self.ex.config.batch_events)),
+                        batch,
+                        rec,
+                        self.names.get(&rec.event_id),
+                        &d.fields,
+                        &wall,
+                        observed,
+                        &trace_id,
+                        &span_id,
+                    ),
+                    EventsAs::SpanEvents => {
+                        chunks.entry(key).or_default().push(model::span_event(batch, rec, d, &wall))
+                    }
+                }
+            }
+        }
+        drop(batches);
+        let result = match self.ex.config.events_as {
+            EventsAs::Logs => {
+                let mut body = Vec::with_capacity(logs.values().map(Vec::len).sum::<usize>() + 4096);
+                let scope = model::scope();
+                for (key, records) in &logs {
+                    encode::resource_logs(&mut body, &self.resource_of(key.as_deref()), &scope, records);
+                }
+                drop(logs);
+                let body = bytes::Bytes::from(body);
+                let t = self.ex.transport.clone();
+                send(|| t.logs(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
+            }
+            EventsAs::SpanEvents => {
+                let resource_spans = chunks
+                    .into_iter()
+                    .map(|(key, events)| {
+                        let parent = key.as_ref().and_then(|k| self.spans.get(k)).map_or(self.root_span, |s| s.span_id);
+                        let start = events.iter().map(|e| e.time_unix_nano).min().unwrap_or_default();
+                        let end = events.iter().map(|e| e.time_unix_nano).max().unwrap_or_default();
+                        let span = Span {
+                            trace_id: trace_id.to_vec(),
+                            span_id: crate::ids::random_u64().to_be_bytes().to_vec(),
+                            parent_span_id: parent.to_vec(),
+                            name: format!("kernel events ({})", events.len()),
+                            kind: SpanKind::Internal as i32,
+                            start_time_unix_nano: start,
+                            end_time_unix_nano: end,
+                            attributes: vec![model::i("container_tracer.events", events.len() as i64)],
+                            events,
+                            flags: 1,
+                            ..Default::default()
+                        };
+                        self.resource_spans(key.as_deref(), vec![span])
+                    })
+                    .collect();
+                let req = ExportTraceServiceRequest { resource_spans };
+                let t = self.ex.transport.clone();
+                let body = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
+                drop(req);
+                send(|| t.traces(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
+            }
+        };
+        self.counters.done(n);
+        match result {
+            Ok(rejected) => {
+                self.counters.exported(n.saturating_sub(rejected));
+                if rejected > 0 {
+                    self.counters.drop_events(rejected);
+                    self.note_loss(&format!("the collector rejected {rejected} records"));
+                }
+            }
+            Err(e) => {
+                self.counters.drop_events(n);
+                self.note_loss(&e.message);
+            }
+        }
+    }
+
+    /// Notes why events were just lost, and logs the losses (rate-limited).
+    fn note_loss(&mut self, why: &str) {
+        why.clone_into(&mut self.last_reason);
+        self.report(false);
+    }
+
+    /// Logs the events dropped since the last report, at most once per [`WARN_EVERY`] unless
+    /// `now`: queue overflows (counted by the sink) as well as failed and rejected batches.
+    fn report(&mut self, now: bool) {
+        let (queued, exported, dropped) = self.counters.snapshot();
+        if dropped <= self.logged_dropped || !(now || self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY)) {
+            return;
+        }
+        let reason = if self.last_reason.is_empty() {
+            "export queue full (collector slow or down)"
+        } else {
+            self.last_reason.as_str()
+        };
+        warn!(
+            session = self.ctx.id,
+            lost = dropped - self.logged_dropped,
+            dropped_total = dropped,
+            exported_total = exported,
+            queued,
+            reason,
+            "OTLP export dropped events"
+        );
+        self.logged_dropped = dropped;
+        self.last_warn = Some(Instant::now());
+        self.last_reason.clear();
+    }
+}
