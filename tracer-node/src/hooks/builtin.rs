@@ -160,8 +160,7 @@ impl Builtin {
                                 .map_err(HookError::Kernel)?;
                             fields.push(fmt.fields.iter().map(|f| f.name.clone()).collect());
                         }
-                        filter::validate(&expr, &fields)
-                            .map_err(|e| HookError::BadArguments(format!("invalid filter: {e}")))?;
+                        filter::validate(&expr, &fields)?;
                         Some(expr)
                     }
                 };

@@ -5,7 +5,54 @@
 use std::collections::HashSet;
 
 /// Longest expression accepted.
-const MAX_LEN: usize = 4096;
+pub const MAX_LEN: usize = 4096;
+
+/// What is wrong with a filter expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// Nothing but blanks.
+    #[error("empty filter")]
+    Empty,
+    /// Longer than [`MAX_LEN`].
+    #[error("filter longer than {MAX_LEN} characters")]
+    TooLong,
+    /// `=` used for a comparison.
+    #[error("'=' is not an operator; use '=='")]
+    SingleEquals,
+    /// A quote with no closing quote.
+    #[error("unterminated string")]
+    UnterminatedString,
+    /// What the kernel's string parser would take otherwise.
+    #[error("control characters or backslashes in a string")]
+    StringCharacters,
+    /// A token starting with a digit or `-` that is no number.
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    /// A character outside the grammar.
+    #[error("character {0:?} is not allowed in a filter")]
+    Character(char),
+    /// More after a complete expression.
+    #[error("unexpected text after the end of the filter")]
+    TrailingText,
+    /// Parentheses nested past the bound.
+    #[error("filter nested too deeply")]
+    TooDeep,
+    /// `(` never closed.
+    #[error("missing ')'")]
+    MissingClose,
+    /// A field not in every selected event.
+    #[error("unknown field {0:?} in filter")]
+    UnknownField(String),
+    /// A field with no operator after it.
+    #[error("expected a comparison after {0:?}")]
+    ExpectedComparison(String),
+    /// An operator with no value after it.
+    #[error("expected a number or a quoted string after {0:?} and its operator")]
+    ExpectedValue(String),
+    /// Neither a comparison nor `(` where a term begins.
+    #[error("expected a field comparison or '('")]
+    ExpectedTerm,
+}
 
 #[derive(Debug, PartialEq)]
 enum Tok {
@@ -20,7 +67,7 @@ enum Tok {
     Close,
 }
 
-fn tokens(expr: &str) -> Result<Vec<Tok>, String> {
+fn tokens(expr: &str) -> Result<Vec<Tok>, FilterError> {
     let b = expr.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -50,17 +97,17 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, String> {
                     out.push(Tok::Not);
                     i += 1;
                 } else if c == b'=' && !two {
-                    return Err("'=' is not an operator; use '=='".into());
+                    return Err(FilterError::SingleEquals);
                 } else {
                     out.push(Tok::Cmp);
                     i += if two { 2 } else { 1 };
                 }
             }
             b'"' | b'\'' => {
-                let end = b[i + 1..].iter().position(|x| *x == c).ok_or("unterminated string")?;
+                let end = b[i + 1..].iter().position(|x| *x == c).ok_or(FilterError::UnterminatedString)?;
                 let s = &b[i + 1..i + 1 + end];
                 if s.iter().any(|x| x.is_ascii_control() || *x == b'\\') {
-                    return Err("control characters or backslashes in a string".into());
+                    return Err(FilterError::StringCharacters);
                 }
                 out.push(Tok::Str);
                 i += end + 2;
@@ -75,7 +122,7 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, String> {
                 let ok = n.parse::<i64>().is_ok()
                     || n.strip_prefix("0x").is_some_and(|h| u64::from_str_radix(h, 16).is_ok());
                 if !ok {
-                    return Err(format!("{n:?} is not a number"));
+                    return Err(FilterError::NotANumber(n.to_owned()));
                 }
                 out.push(Tok::Num);
             }
@@ -86,7 +133,7 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, String> {
                 }
                 out.push(Tok::Ident(expr[start..i].to_owned()));
             }
-            other => return Err(format!("character {:?} is not allowed in a filter", other as char)),
+            other => return Err(FilterError::Character(other as char)),
         }
     }
     Ok(out)
@@ -94,26 +141,26 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, String> {
 
 /// Checks `expr`; every field must exist in every selected event (`fields`, one set per
 /// event), since the same filter is written to each. Errors say what is wrong.
-pub fn validate(expr: &str, fields: &[HashSet<String>]) -> Result<(), String> {
+pub fn validate(expr: &str, fields: &[HashSet<String>]) -> Result<(), FilterError> {
     if expr.trim().is_empty() {
-        return Err("empty filter".into());
+        return Err(FilterError::Empty);
     }
     if expr.len() > MAX_LEN {
-        return Err(format!("filter longer than {MAX_LEN} characters"));
+        return Err(FilterError::TooLong);
     }
     let toks = tokens(expr)?;
     // Grammar: expr := term (("&&"|"||") term)* ; term := "!"* ( "(" expr ")" | IDENT CMP value )
     let mut pos = 0;
     parse_expr(&toks, &mut pos, fields, 0)?;
     if pos != toks.len() {
-        return Err("unexpected text after the end of the filter".into());
+        return Err(FilterError::TrailingText);
     }
     Ok(())
 }
 
-fn parse_expr(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), String> {
+fn parse_expr(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), FilterError> {
     if depth > 32 {
-        return Err("filter nested too deeply".into());
+        return Err(FilterError::TooDeep);
     }
     parse_term(t, pos, fields, depth)?;
     while matches!(t.get(*pos), Some(Tok::And | Tok::Or)) {
@@ -123,7 +170,7 @@ fn parse_expr(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usi
     Ok(())
 }
 
-fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), String> {
+fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), FilterError> {
     while t.get(*pos) == Some(&Tok::Not) {
         *pos += 1;
     }
@@ -132,7 +179,7 @@ fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usi
             *pos += 1;
             parse_expr(t, pos, fields, depth + 1)?;
             if t.get(*pos) != Some(&Tok::Close) {
-                return Err("missing ')'".into());
+                return Err(FilterError::MissingClose);
             }
             *pos += 1;
             Ok(())
@@ -143,11 +190,11 @@ fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usi
                 "common_pid" | "common_flags" | "common_preempt_count" | "CPU" | "COMM" | "comm"
             );
             if !common && !fields.iter().all(|f| f.contains(name)) {
-                return Err(format!("unknown field {name:?} in filter"));
+                return Err(FilterError::UnknownField(name.clone()));
             }
             *pos += 1;
             if t.get(*pos) != Some(&Tok::Cmp) {
-                return Err(format!("expected a comparison after {name:?}"));
+                return Err(FilterError::ExpectedComparison(name.clone()));
             }
             *pos += 1;
             match t.get(*pos) {
@@ -155,10 +202,10 @@ fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usi
                     *pos += 1;
                     Ok(())
                 }
-                _ => Err(format!("expected a number or a quoted string after {name:?} and its operator")),
+                _ => Err(FilterError::ExpectedValue(name.clone())),
             }
         }
-        _ => Err("expected a field comparison or '('".into()),
+        _ => Err(FilterError::ExpectedTerm),
     }
 }
 

@@ -25,7 +25,10 @@ pub enum HookError {
     /// The arguments are wrong.
     #[error("bad trace arguments: {0}")]
     BadArguments(String),
-    /// The kernel's tracing files could not be read.
+    /// The filter expression is refused before it reaches the kernel.
+    #[error("bad trace arguments: invalid filter: {0}")]
+    Filter(#[from] filter::FilterError),
+    /// tracefs could not be read.
     #[error("kernel tracing unavailable: {0}")]
     Kernel(#[source] crate::ftrace::TracefsError),
 }

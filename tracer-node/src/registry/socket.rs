@@ -52,6 +52,20 @@ pub enum SocketError {
     },
 }
 
+/// Why an event was not applied; its text is the hook's reply.
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    /// The daemon stops: its permits are closed.
+    #[error("the daemon is shutting down")]
+    ShuttingDown(#[source] tokio::sync::AcquireError),
+    /// The blocking task died (a bug of ours, or the runtime shutting down).
+    #[error("registration task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// The registry refused the event.
+    #[error(transparent)]
+    Refused(#[from] super::RegistryError),
+}
+
 /// Binds the registry socket at `path`, replacing a stale one, readable and writable by the
 /// owner (root) only.
 pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
@@ -176,19 +190,15 @@ async fn apply(
     event: RegistryEvent,
     permits: &Permits,
     budget: Duration,
-) -> Result<Applied, String> {
-    let shutting_down = |_| "the daemon is shutting down".to_owned();
-    let permit = permits.applying.clone().acquire_owned().await.map_err(shutting_down)?;
+) -> Result<Applied, ApplyError> {
+    let permit = permits.applying.clone().acquire_owned().await.map_err(ApplyError::ShuttingDown)?;
     let reg = registry.clone();
-    let staged = tokio::task::spawn_blocking(move || reg.apply_quietly(event))
-        .await
-        .map_err(|e| format!("registration task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    let staged = tokio::task::spawn_blocking(move || reg.apply_quietly(event)).await.map_err(ApplyError::Task)??;
     drop(permit);
     let (applied, Some(entry)) = staged else { return Ok(staged.0) };
     let (reg, started) = (registry.clone(), std::time::Instant::now());
     let id = entry.record.id.clone();
-    let permit = permits.attaching.clone().acquire_owned().await.map_err(shutting_down)?;
+    let permit = permits.attaching.clone().acquire_owned().await.map_err(ApplyError::ShuttingDown)?;
     let attach = tokio::task::spawn_blocking(move || {
         reg.announce(&entry);
         drop(permit);

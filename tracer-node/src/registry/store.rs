@@ -29,8 +29,30 @@ pub enum StoreError {
     },
 }
 
+/// Why a stored file is not a record of ours.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRecord {
+    /// Its name is not UTF-8 (or holds control characters).
+    #[error("the file name is not plain text")]
+    Name,
+    /// It could not be opened or read as a private regular file.
+    #[error(transparent)]
+    File(#[from] super::files::FileError),
+    /// It is not a container record.
+    #[error("not a container record: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Its record is another container's.
+    #[error("it holds container {found:?}, not {stem:?}")]
+    OtherId {
+        /// The id in the record.
+        found: String,
+        /// The id in the file's name.
+        stem: String,
+    },
+}
+
 /// A stored file and its record, or why it could not be read.
-pub type Loaded = (PathBuf, Result<ContainerCreated, String>);
+pub type Loaded = (PathBuf, Result<ContainerCreated, BadRecord>);
 
 /// The state directory.
 #[derive(Debug, Clone)]
@@ -97,7 +119,7 @@ impl Store {
             let path = entry.path();
             let raw = entry.file_name();
             let Some(name) = super::files::plain_name(&raw) else {
-                out.push((path, Err("the file name is not plain text".to_owned())));
+                out.push((path, Err(BadRecord::Name)));
                 continue;
             };
             if name.starts_with('.') {
@@ -107,13 +129,13 @@ impl Store {
             }
             let Some(stem) = name.strip_suffix(".json") else { continue };
             let parsed = super::files::read_private_file(&path, tracer_api::hook::MAX_MESSAGE_BYTES as u64)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<ContainerCreated>(&b).map_err(|e| e.to_string()))
+                .map_err(BadRecord::from)
+                .and_then(|b| Ok(serde_json::from_slice::<ContainerCreated>(&b)?))
                 .and_then(|rec| {
                     if rec.id == stem {
                         Ok(rec)
                     } else {
-                        Err(format!("it holds container {:?}, not {stem:?}", rec.id))
+                        Err(BadRecord::OtherId { found: rec.id, stem: stem.to_owned() })
                     }
                 });
             out.push((path, parsed));
