@@ -13,6 +13,7 @@ use std::{
 pub mod bench;
 pub mod bundle;
 pub mod certs;
+pub mod fuzz;
 pub mod node;
 pub mod otlp;
 pub mod podman;

@@ -45,7 +45,9 @@ fn read_word(buf: &[u8], (off, size): (usize, usize)) -> Option<u64> {
     }
 }
 
-/// Parses a page; a malformed page yields the events before the damage.
+/// Parses a page; a malformed page yields the events before the damage. Timestamps wrap
+/// rather than overflow: a corrupt page's stamps are wrong, but the reader thread lives (a
+/// fuzzed page near `u64::MAX` panicked a debug build).
 pub fn parse_page(buf: &[u8], header: &PageHeader, out: &mut Page) {
     out.events.clear();
     out.missed = false;
@@ -73,7 +75,7 @@ pub fn parse_page(buf: &[u8], header: &PageHeader, out: &mut Page) {
             }
             TYPE_TIME_EXTEND => {
                 let Some(ext) = read_u32(buf, body) else { return };
-                ts += (u64::from(ext) << TS_SHIFT) + delta;
+                ts = ts.wrapping_add((u64::from(ext) << TS_SHIFT) + delta);
                 pos = body + 4;
             }
             TYPE_TIME_STAMP => {
@@ -86,7 +88,7 @@ pub fn parse_page(buf: &[u8], header: &PageHeader, out: &mut Page) {
             0 => {
                 let Some(len) = read_u32(buf, body) else { return };
                 let len = (len as usize).saturating_sub(4);
-                ts += delta;
+                ts = ts.wrapping_add(delta);
                 let data = body + 4;
                 if data + len > end {
                     return;
@@ -96,7 +98,7 @@ pub fn parse_page(buf: &[u8], header: &PageHeader, out: &mut Page) {
             }
             n => {
                 let len = n as usize * 4;
-                ts += delta;
+                ts = ts.wrapping_add(delta);
                 if body + len > end {
                     return;
                 }
@@ -152,6 +154,19 @@ pub(crate) mod tests {
             page.resize(4096, 0);
             page
         }
+    }
+
+    #[test]
+    fn a_stamp_near_the_end_of_u64_wraps_instead_of_panicking() {
+        // Found by the `ring_page` fuzz target: the page stamp plus a delta overflowed.
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&u64::MAX.to_ne_bytes());
+        buf.extend_from_slice(&8u64.to_ne_bytes());
+        buf.extend_from_slice(&(1u32 | (5 << 5)).to_ne_bytes());
+        buf.extend_from_slice(&[7, 7, 7, 7]);
+        let mut page = Page::default();
+        parse_page(&buf, &HEADER, &mut page);
+        assert_eq!(page.events, vec![RawEvent { ts: 4, offset: 20, len: 4 }]);
     }
 
     #[test]

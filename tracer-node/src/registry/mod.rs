@@ -301,7 +301,9 @@ impl Registry {
         }
     }
 
-    fn validate(rec: &ContainerCreated) -> Result<(), RegistryError> {
+    /// Checks what a `created` message claims about itself before anything is looked up: its
+    /// version, and ids and names that are printable, bounded and usable as file names.
+    pub fn validate(rec: &ContainerCreated) -> Result<(), RegistryError> {
         if rec.version != MESSAGE_VERSION {
             return Err(RegistryError::Version(rec.version));
         }
