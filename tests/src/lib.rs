@@ -14,6 +14,7 @@ pub mod bench;
 pub mod bundle;
 pub mod certs;
 pub mod fuzz;
+pub mod kube;
 pub mod node;
 pub mod otlp;
 pub mod podman;

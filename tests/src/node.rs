@@ -295,3 +295,14 @@ pub fn reader_threads(pid: u32) -> usize {
         .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("ftrace-cpu")))
         .count()
 }
+
+/// Resident memory of process `pid`, in MB.
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use e2e::{agent, require, wait_until, Node};
+use e2e::{
+    agent,
+    kube::{get_as, KubeStandIn},
+    require, wait_until, Node,
+};
 
 fn status(node: &Node, path: &str, token: Option<&str>) -> u16 {
     let mut req = agent().get(&format!("{}{path}", node.url));
@@ -111,69 +115,6 @@ fn the_api_over_tls_serves_a_renewed_certificate_without_a_restart() {
     assert_eq!(https_get(port, &[&ca2], "/v1/pods", "tls-token").0, 200);
 }
 
-/// The stand-in API server (tests/support/kube_standin.py), killed on drop.
-struct StandIn {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    port: u16,
-}
-
-impl StandIn {
-    fn start(dir: &std::path::Path, policy: &serde_json::Value) -> Self {
-        let (policy_file, port_file, log) = (dir.join("policy.json"), dir.join("port"), dir.join("requests.log"));
-        std::fs::write(&policy_file, policy.to_string()).expect("policy");
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/kube_standin.py");
-        let child = std::process::Command::new("python3")
-            .arg(script)
-            .args([&policy_file, &port_file, &log])
-            .spawn()
-            .expect("start the stand-in API server");
-        assert!(wait_until(Duration::from_secs(10), || port_file.exists()), "stand-in API server up");
-        let port = std::fs::read_to_string(&port_file).expect("port").trim().parse().expect("port number");
-        StandIn { child, log, port }
-    }
-
-    /// How many reviews of `kind` (`tokenreviews`, `subjectaccessreviews`) were asked.
-    fn asked(&self, kind: &str) -> usize {
-        std::fs::read_to_string(&self.log).unwrap_or_default().lines().filter(|l| l.contains(kind)).count()
-    }
-
-    fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
-        let config = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://127.0.0.1:{}\n\
-             users:\n- name: node\n  user:\n    token: node-sa-token\ncontexts:\n- name: standin\n  context:\n    \
-             cluster: standin\n    user: node\ncurrent-context: standin\n",
-            self.port
-        );
-        std::fs::write(&path, config).expect("kubeconfig");
-        path
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn get_as(node: &Node, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let url = format!("{}{path}", node.url);
-    let auth = format!("Bearer {token}");
-    let agent = agent();
-    let mut resp = match (method, body) {
-        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
-        ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
-        ("POST", b) => agent.post(&url).header("Authorization", &auth).send(b.unwrap_or("")),
-        (_, b) => agent.put(&url).header("Authorization", &auth).send(b.unwrap_or("")),
-    }
-    .expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
-}
-
 /// `--auth-kubernetes`: tokens reviewed by the API server, each request authorized with the
 /// namespace of its pods or session, so a RoleBinding confines a user to one namespace.
 #[test]
@@ -196,7 +137,7 @@ fn kubernetes_rbac_confines_a_namespace_user_to_its_namespace() {
             {"user": "alice", "verbs": ["get", "list", "create", "update", "delete"], "resources": all, "namespace": "team-a"},
         ],
     });
-    let standin = StandIn::start(dir.path(), &policy);
+    let standin = KubeStandIn::start(dir.path(), &policy);
     let kubeconfig = standin.kubeconfig(dir.path());
     let node = Node::start_with_env(
         &["--auth-kubernetes", "--auth-metrics"],

@@ -8,18 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e::{looping_container, reader_threads, require, unique, wait_until, Node, Runtime};
+use e2e::{looping_container, reader_threads, require, rss_mb, unique, wait_until, Node, Runtime};
 use serde_json::json;
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kb / 1024.0
-}
 
 /// A session that matches nothing yet, with a context of `context_kb` KiB.
 fn waiting_session(context_kb: usize) -> String {

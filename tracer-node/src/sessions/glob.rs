@@ -6,12 +6,14 @@ pub fn matches(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` is a wildcard even where the text holds a `*` too (taken as a literal first, it
+        // made `*` miss `*A`; found by the glob fuzz target).
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             // Let the last `*` swallow one more character and retry.
             pi = sp + 1;
@@ -38,5 +40,12 @@ mod tests {
         assert!(!matches("jaeger", "jaeger-operator"));
         assert!(matches("ns/*", "ns/pod"));
         assert!(!matches("b*", "abc"));
+    }
+
+    #[test]
+    fn a_star_in_the_text_does_not_use_up_a_star_of_the_pattern() {
+        assert!(matches("*", "*A"));
+        assert!(matches("a*", "a*b"));
+        assert!(matches("*b", "*ab"));
     }
 }
