@@ -121,10 +121,20 @@ impl Procfs {
                 }
             }
         }
-        candidates
-            .into_iter()
-            .filter(|dir| dir.file_name().is_some_and(|n| names_container(&n.to_string_lossy(), container_id)))
-            .find(|dir| cgroup_pids(dir).map(|p| p.contains(&pid)).unwrap_or(false))
+        let named = |d: &Path| d.file_name().is_some_and(|n| names_container(&n.to_string_lossy(), container_id));
+        candidates.into_iter().find_map(|dir| {
+            if !cgroup_pids(&dir).map(|p| p.contains(&pid)).unwrap_or(false) {
+                return None;
+            }
+            if named(&dir) {
+                return Some(dir);
+            }
+            // crun with the systemd driver on cgroup v2 puts the init in a sub-cgroup of the
+            // container's scope (`container`, or the `run.oci.systemd.subgroup` annotation's
+            // name): the scope, named after the container, is the container's cgroup.
+            let scope = dir.parent()?;
+            named(scope).then(|| scope.to_owned())
+        })
     }
 
     /// Every process of a container, the init first, the rest in ascending order. With a cgroup,
@@ -256,6 +266,27 @@ mod tests {
         // A cgroup not named after the container (a shared one) is never taken.
         assert_eq!(p.container_cgroup(42, "other-id"), None);
         assert_eq!(p.tasks(42, Some(&pids)), vec![42, 43, 44]);
+    }
+
+    #[test]
+    fn an_init_in_a_sub_cgroup_of_the_container_s_scope_has_the_scope_for_its_cgroup() {
+        // crun, systemd driver, cgroup v2: `.../crun-<id>.scope/container`.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (proc_root, sys) = (dir.path().join("proc"), dir.path().join("sys"));
+        fs::create_dir_all(proc_root.join("42")).expect("mkdir");
+        let path = "system.slice/crun-ab12.scope/container";
+        fs::write(proc_root.join("42/cgroup"), format!("0::/{path}\n")).expect("write");
+        let root = sys.join("fs/cgroup");
+        fs::create_dir_all(root.join(path)).expect("mkdir");
+        fs::write(root.join("cgroup.controllers"), "pids\n").expect("write");
+        fs::write(root.join(path).join("cgroup.procs"), "42\n43\n").expect("write");
+        fs::write(root.join("system.slice/crun-ab12.scope/cgroup.procs"), "").expect("write");
+        let p = Procfs::new(&proc_root, &sys);
+        let scope = root.join("system.slice/crun-ab12.scope");
+        assert_eq!(p.container_cgroup(42, "ab12"), Some(scope.clone()));
+        assert_eq!(p.tasks(42, Some(&scope)), vec![42, 43]);
+        // A parent that is not named after the container is not taken either.
+        assert_eq!(p.container_cgroup(42, "other"), None);
     }
 
     #[test]
