@@ -260,12 +260,12 @@ fn filter(budget: Budget) -> Report {
         any::<String>().prop_map(|f| (f, false)),
     ];
     drive("filter", input, budget, |(expr, valid)| {
-        let result = tracer_node::hooks::filter::validate(&expr, &fields);
+        let result = tracer_spec::filter::validate(&expr, &fields);
         if valid {
             prop_assert!(result.is_ok(), "a grammar-valid filter was refused: {result:?}");
         }
         if result.is_ok() {
-            prop_assert!(expr.len() <= tracer_node::hooks::filter::MAX_LEN);
+            prop_assert!(expr.len() <= tracer_spec::filter::MAX_LEN);
             // Quoted strings may hold any printable text (the kernel takes them as literals);
             // what could end the write or escape a string never gets through.
             prop_assert!(!expr.contains('\\') && !expr.chars().any(char::is_control), "{expr:?}");

@@ -34,7 +34,7 @@ impl From<SessionError> for ApiError {
             }
             SessionError::BadId(_)
             | SessionError::Invalid(_)
-            | SessionError::Hook(HookError::BadArguments(_) | HookError::Filter(_))
+            | SessionError::Hook(HookError::BadArguments(_) | HookError::Filter(_) | HookError::Args(_))
             | SessionError::StartFailed { .. } => ApiError::BadRequest(e.to_string()),
             SessionError::AlreadyRunning(_) => ApiError::Conflict(e.to_string()),
             SessionError::Limit { .. } => ApiError::TooManyRequests(e.to_string()),

@@ -1,12 +1,18 @@
 //! The built-in hooks of provider `trace-hooks/ftrace`, written against tracefs directly. Each
 //! turns its arguments into an [`FtracePlan`]: which events to enable, which filter, how long.
-//! Everything user-supplied is checked here, before anything is written to the kernel.
+//! The arguments' grammar is `tracer-spec`'s, shared with the admission webhook; what only this
+//! node's kernel can tell (is the system call or event there, is the filter's field in it) is
+//! checked here, before anything is written to the kernel.
 
 use std::{collections::HashSet, time::Duration};
 
-use clap::Parser;
+pub use tracer_spec::args::Builtin;
+use tracer_spec::{
+    args::{self, Request},
+    filter,
+};
 
-use super::{filter, HookError};
+use super::HookError;
 use crate::ftrace::Tracefs;
 
 /// An event to enable: a whole subsystem, or one event of it.
@@ -31,160 +37,59 @@ pub struct FtracePlan {
     pub functions: Option<Vec<String>>,
 }
 
-/// The built-in hooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Builtin {
-    /// `trace_syscalls`.
-    Syscalls,
-    /// `trace_exec`.
-    Exec,
-    /// `trace_events`.
-    Events,
-    /// `trace_functions`.
-    Functions,
-}
-
-impl Builtin {
-    /// All of them.
-    pub const ALL: [Builtin; 4] = [Builtin::Syscalls, Builtin::Exec, Builtin::Events, Builtin::Functions];
-
-    /// The hook name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Builtin::Syscalls => "trace_syscalls",
-            Builtin::Exec => "trace_exec",
-            Builtin::Events => "trace_events",
-            Builtin::Functions => "trace_functions",
+/// Parses `hook`'s `args` into a plan, checking names against the kernel's `available_events`
+/// and the filter against the events' formats.
+pub fn plan(hook: Builtin, args: &str, tracefs: &Tracefs) -> Result<FtracePlan, HookError> {
+    let request = args::parse(hook, args)?;
+    let duration = request.time();
+    let available = || tracefs.available_events().map_err(HookError::Kernel);
+    let plan = |events, filter, functions| FtracePlan { events, filter, duration, functions };
+    match request {
+        Request::Syscalls { syscalls, .. } => {
+            let events = if syscalls.is_empty() {
+                vec![EventSel { system: "syscalls".into(), event: None }]
+            } else {
+                syscall_events(&syscalls, &available()?)?
+            };
+            Ok(plan(events, None, None))
         }
-    }
-
-    /// Description lines for `GET /v1/trace-hooks`.
-    pub fn description(self) -> Vec<String> {
-        let lines: &[&str] = match self {
-            Builtin::Syscalls => &[
-                "Trace system calls, used by given container",
-                "-s, --syscall [SYSCALL ...] : list of System call names to be traced, optional argument.",
-                "If no system calls are specified, all available are traced.",
-                "-t, --time TIME : Duration of the trace in milliseconds, optional argument",
-            ],
-            Builtin::Exec => &[
-                "Trace the process lifecycle of given container: fork, exec (with the file name) and exit (with the exit code)",
-                "-t, --time TIME : Duration of the trace in milliseconds, optional argument",
-            ],
-            Builtin::Events => &[
-                "Trace any kernel tracepoints in given container",
-                "-e, --event SYSTEM:EVENT [SYSTEM:EVENT ...] : tracepoints to enable, as listed in available_events, mandatory argument.",
-                "-f, --filter EXPR : kernel filter expression on the events' fields, e.g. \"prev_pid == 1 && prio < 100\", optional argument.",
-                "-t, --time TIME : Duration of the trace in milliseconds, optional argument",
-            ],
-            Builtin::Functions => &[
-                "Trace kernel functions called by given container (the function tracer; refused by kernels in lockdown)",
-                "-f, --function [FUNCTION ...] : functions to trace, shell globs allowed, optional argument. If none, all are traced.",
-                "-t, --time TIME : Duration of the trace in milliseconds, optional argument",
-            ],
-        };
-        lines.iter().map(|l| (*l).to_owned()).collect()
-    }
-
-    /// Parses `args` (already split on whitespace) into a plan, checking names against the
-    /// kernel's `available_events` and the filter against the events' formats.
-    pub fn plan(self, args: &[String], tracefs: &Tracefs) -> Result<FtracePlan, HookError> {
-        let argv = std::iter::once(self.name().to_owned()).chain(args.iter().cloned());
-        let bad = |e: clap::Error| HookError::BadArguments(first_line(&e.to_string()));
-        let available = || tracefs.available_events().map_err(HookError::Kernel);
-        match self {
-            Builtin::Syscalls => {
-                let a = SyscallArgs::try_parse_from(argv).map_err(bad)?;
-                let events = if a.syscall.is_empty() {
-                    vec![EventSel { system: "syscalls".into(), event: None }]
-                } else {
-                    syscall_events(&a.syscall, &available()?)?
-                };
-                Ok(FtracePlan { events, filter: None, duration: duration(a.time)?, functions: None })
-            }
-            Builtin::Exec => {
-                let a = TimeArgs::try_parse_from(argv).map_err(bad)?;
-                let available = available()?;
-                let mut events: Vec<EventSel> = ["sched_process_fork", "sched_process_exec", "sched_process_exit"]
-                    .iter()
-                    .map(|e| EventSel { system: "sched".into(), event: Some((*e).into()) })
-                    .collect();
-                // Exit codes are not in sched_process_exit: they are the argument of exit_group.
-                for e in ["sys_enter_exit_group", "sys_enter_exit"] {
-                    if available.contains(&format!("syscalls:{e}")) {
-                        events.push(EventSel { system: "syscalls".into(), event: Some(e.into()) });
-                    }
+        Request::Exec { .. } => {
+            let available = available()?;
+            let mut events: Vec<EventSel> = ["sched_process_fork", "sched_process_exec", "sched_process_exit"]
+                .iter()
+                .map(|e| EventSel { system: "sched".into(), event: Some((*e).into()) })
+                .collect();
+            // Exit codes are not in sched_process_exit: they are the argument of exit_group.
+            for e in ["sys_enter_exit_group", "sys_enter_exit"] {
+                if available.contains(&format!("syscalls:{e}")) {
+                    events.push(EventSel { system: "syscalls".into(), event: Some(e.into()) });
                 }
-                Ok(FtracePlan { events, filter: None, duration: duration(a.time)?, functions: None })
             }
-            Builtin::Functions => {
-                let a = FunctionArgs::try_parse_from(argv).map_err(bad)?;
-                for f in &a.function {
-                    let ok = !f.is_empty()
-                        && f.len() <= 256
-                        && f.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'*' || b == b'?');
-                    if !ok {
-                        return Err(HookError::BadArguments(format!("{f:?} is not a function name or glob")));
-                    }
-                }
-                Ok(FtracePlan {
-                    events: Vec::new(),
-                    filter: None,
-                    duration: duration(a.time)?,
-                    functions: Some(a.function),
-                })
-            }
-            Builtin::Events => {
-                let a = EventArgs::try_parse_from(argv).map_err(bad)?;
-                let available = available()?;
-                let mut events = Vec::new();
-                for e in &a.event {
-                    let (system, event) = e
-                        .split_once(':')
-                        .filter(|(s, n)| valid_name(s) && valid_name(n))
-                        .ok_or_else(|| HookError::BadArguments(format!("{e:?} is not SYSTEM:EVENT")))?;
-                    if !available.contains(e) {
-                        return Err(HookError::BadArguments(format!("unknown event {e:?} (not in available_events)")));
-                    }
-                    events.push(EventSel { system: system.into(), event: Some(event.into()) });
-                }
-                let filter = match &a.filter {
-                    None => None,
-                    Some(words) => {
-                        let expr = words.join(" ");
-                        let mut fields: Vec<HashSet<String>> = Vec::new();
-                        for e in &events {
-                            let fmt = tracefs
-                                .event_format(&e.system, e.event.as_deref().unwrap_or_default())
-                                .map_err(HookError::Kernel)?;
-                            fields.push(fmt.fields.iter().map(|f| f.name.clone()).collect());
-                        }
-                        filter::validate(&expr, &fields)?;
-                        Some(expr)
-                    }
-                };
-                Ok(FtracePlan { events, filter, duration: duration(a.time)?, functions: None })
-            }
+            Ok(plan(events, None, None))
         }
-    }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim_start_matches("error: ").to_owned()
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-}
-
-fn duration(ms: Option<u64>) -> Result<Option<Duration>, HookError> {
-    match ms {
-        Some(0) => Err(HookError::BadArguments("--time must be at least 1 ms".into())),
-        Some(ms) if ms > 7 * 24 * 3600 * 1000 => Err(HookError::BadArguments("--time is longer than a week".into())),
-        other => Ok(other.map(Duration::from_millis)),
+        Request::Functions { functions, .. } => Ok(plan(Vec::new(), None, Some(functions))),
+        Request::Events { events: wanted, filter: expr, .. } => {
+            let available = available()?;
+            let mut events = Vec::new();
+            for (system, event) in wanted {
+                let name = format!("{system}:{event}");
+                if !available.contains(&name) {
+                    return Err(HookError::BadArguments(format!("unknown event {name:?} (not in available_events)")));
+                }
+                events.push(EventSel { system, event: Some(event) });
+            }
+            if let Some(expr) = &expr {
+                let mut fields: Vec<HashSet<String>> = Vec::new();
+                for e in &events {
+                    let fmt = tracefs
+                        .event_format(&e.system, e.event.as_deref().unwrap_or_default())
+                        .map_err(HookError::Kernel)?;
+                    fields.push(fmt.fields.iter().map(|f| f.name.clone()).collect());
+                }
+                filter::validate(expr, &fields)?;
+            }
+            Ok(plan(events, expr, None))
+        }
     }
 }
 
@@ -192,9 +97,6 @@ fn duration(ms: Option<u64>) -> Result<Option<Duration>, HookError> {
 fn syscall_events(names: &[String], available: &HashSet<String>) -> Result<Vec<EventSel>, HookError> {
     let mut out = Vec::new();
     for name in names {
-        if !valid_name(name) {
-            return Err(HookError::BadArguments(format!("{name:?} is not a system call name")));
-        }
         let wanted: Vec<String> = if name.starts_with("sys_enter_") || name.starts_with("sys_exit_") {
             vec![name.clone()]
         } else {
@@ -208,42 +110,6 @@ fn syscall_events(names: &[String], available: &HashSet<String>) -> Result<Vec<E
         out.extend(present.into_iter().map(|e| EventSel { system: "syscalls".into(), event: Some(e) }));
     }
     Ok(out)
-}
-
-#[derive(Debug, Parser)]
-#[command(no_binary_name = false, disable_help_flag = true, disable_version_flag = true)]
-struct SyscallArgs {
-    #[arg(short = 's', long = "syscall", num_args = 1..)]
-    syscall: Vec<String>,
-    #[arg(short = 't', long = "time")]
-    time: Option<u64>,
-}
-
-#[derive(Debug, Parser)]
-#[command(disable_help_flag = true, disable_version_flag = true)]
-struct TimeArgs {
-    #[arg(short = 't', long = "time")]
-    time: Option<u64>,
-}
-
-#[derive(Debug, Parser)]
-#[command(disable_help_flag = true, disable_version_flag = true)]
-struct FunctionArgs {
-    #[arg(short = 'f', long = "function", num_args = 1..)]
-    function: Vec<String>,
-    #[arg(short = 't', long = "time")]
-    time: Option<u64>,
-}
-
-#[derive(Debug, Parser)]
-#[command(disable_help_flag = true, disable_version_flag = true)]
-struct EventArgs {
-    #[arg(short = 'e', long = "event", num_args = 1.., required = true)]
-    event: Vec<String>,
-    #[arg(short = 'f', long = "filter", num_args = 1.., allow_hyphen_values = true)]
-    filter: Option<Vec<String>>,
-    #[arg(short = 't', long = "time")]
-    time: Option<u64>,
 }
 
 #[cfg(test)]
@@ -270,45 +136,41 @@ mod tests {
         (dir, t)
     }
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
-    }
-
     #[test]
     fn syscall_names_select_entry_and_exit_and_unknown_ones_are_named() {
         let (_d, t) = fake_tracefs();
-        let p = Builtin::Syscalls.plan(&args("-s openat -t 500"), &t).expect("plan");
+        let p = plan(Builtin::Syscalls, "-s openat -t 500", &t).expect("plan");
         assert_eq!(p.events.len(), 2);
         assert_eq!(p.duration, Some(Duration::from_millis(500)));
-        let p = Builtin::Syscalls.plan(&args("--syscall sys_enter_openat"), &t).expect("plan");
+        let p = plan(Builtin::Syscalls, "--syscall sys_enter_openat", &t).expect("plan");
         assert_eq!(p.events, vec![EventSel { system: "syscalls".into(), event: Some("sys_enter_openat".into()) }]);
-        let p = Builtin::Syscalls.plan(&[], &t).expect("all");
+        let p = plan(Builtin::Syscalls, "", &t).expect("all");
         assert_eq!(p.events, vec![EventSel { system: "syscalls".into(), event: None }]);
-        let err = Builtin::Syscalls.plan(&args("-s openat nosuchcall"), &t).expect_err("unknown");
+        let err = plan(Builtin::Syscalls, "-s openat nosuchcall", &t).expect_err("unknown");
         assert!(err.to_string().contains("nosuchcall"), "{err}");
-        assert!(Builtin::Syscalls.plan(&args("-t zero"), &t).is_err());
-        assert!(Builtin::Syscalls.plan(&args("-t 0"), &t).is_err());
-        assert!(Builtin::Syscalls.plan(&args("--bogus"), &t).is_err());
-        assert!(Builtin::Syscalls.plan(&args("-s ../../x"), &t).is_err());
+        assert!(plan(Builtin::Syscalls, "-t zero", &t).is_err());
+        assert!(plan(Builtin::Syscalls, "-t 0", &t).is_err());
+        assert!(plan(Builtin::Syscalls, "--bogus", &t).is_err());
+        assert!(plan(Builtin::Syscalls, "-s ../../x", &t).is_err());
     }
 
     #[test]
     fn events_are_checked_against_the_kernel_and_filters_against_their_fields() {
         let (_d, t) = fake_tracefs();
-        let p = Builtin::Events.plan(&args("-e sched:sched_switch -f prev_pid == 1 && prio < 100"), &t).expect("plan");
+        let p = plan(Builtin::Events, "-e sched:sched_switch -f prev_pid == 1 && prio < 100", &t).expect("plan");
         assert_eq!(p.filter.as_deref(), Some("prev_pid == 1 && prio < 100"));
-        assert!(Builtin::Events.plan(&args("-e sched:nope"), &t).is_err());
-        assert!(Builtin::Events.plan(&args("-e sched_switch"), &t).is_err());
-        assert!(Builtin::Events.plan(&[], &t).is_err());
-        let err = Builtin::Events.plan(&args("-e sched:sched_switch -f nofield == 1"), &t).expect_err("bad field");
+        assert!(plan(Builtin::Events, "-e sched:nope", &t).is_err());
+        assert!(plan(Builtin::Events, "-e sched_switch", &t).is_err());
+        assert!(plan(Builtin::Events, "", &t).is_err());
+        let err = plan(Builtin::Events, "-e sched:sched_switch -f nofield == 1", &t).expect_err("bad field");
         assert!(err.to_string().contains("nofield"), "{err}");
-        assert!(Builtin::Events.plan(&args("-e sched:sched_switch -f prev_pid == 1 ; echo"), &t).is_err());
+        assert!(plan(Builtin::Events, "-e sched:sched_switch -f prev_pid == 1 ; echo", &t).is_err());
     }
 
     #[test]
     fn exec_hook_adds_exit_codes_when_the_kernel_has_them() {
         let (_d, t) = fake_tracefs();
-        let p = Builtin::Exec.plan(&[], &t).expect("plan");
+        let p = plan(Builtin::Exec, "", &t).expect("plan");
         let names: Vec<_> = p.events.iter().filter_map(|e| e.event.clone()).collect();
         assert_eq!(names, ["sched_process_fork", "sched_process_exec", "sched_process_exit", "sys_enter_exit_group"]);
     }

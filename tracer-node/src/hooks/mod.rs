@@ -3,7 +3,6 @@
 
 pub mod builtin;
 pub mod external;
-pub mod filter;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -27,7 +26,10 @@ pub enum HookError {
     BadArguments(String),
     /// The filter expression is refused before it reaches the kernel.
     #[error("bad trace arguments: invalid filter: {0}")]
-    Filter(#[from] filter::FilterError),
+    Filter(#[from] tracer_spec::filter::FilterError),
+    /// The arguments do not parse (the grammar shared with the admission webhook).
+    #[error("bad trace arguments: {0}")]
+    Args(#[from] tracer_spec::args::ArgsError),
     /// tracefs could not be read.
     #[error("kernel tracing unavailable: {0}")]
     Kernel(#[source] crate::ftrace::TracefsError),
@@ -91,10 +93,10 @@ impl Catalog {
     /// Checks `hook` with `args` (one string, split on whitespace) and returns the plan.
     /// Built-in names win over an external hook of the same name.
     pub fn plan(&self, hook: &str, args: &str) -> Result<Plan, HookError> {
-        let split: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
         if let Some(b) = Builtin::ALL.iter().find(|b| b.name() == hook) {
-            return b.plan(&split, &self.tracefs).map(Plan::Ftrace);
+            return builtin::plan(*b, args, &self.tracefs).map(Plan::Ftrace);
         }
+        let split: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
         for p in &self.external {
             if p.hooks.contains_key(hook) {
                 return Ok(Plan::External { provider: p.clone(), hook: hook.to_owned(), args: split });

@@ -142,6 +142,16 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, FilterError> {
 /// Checks `expr`; every field must exist in every selected event (`fields`, one set per
 /// event), since the same filter is written to each. Errors say what is wrong.
 pub fn validate(expr: &str, fields: &[HashSet<String>]) -> Result<(), FilterError> {
+    check(expr, Some(fields))
+}
+
+/// Checks `expr` against the grammar alone, field names unchecked: what can be known without
+/// the node's kernel (the admission webhook), which checks the fields later.
+pub fn validate_grammar(expr: &str) -> Result<(), FilterError> {
+    check(expr, None)
+}
+
+fn check(expr: &str, fields: Option<&[HashSet<String>]>) -> Result<(), FilterError> {
     if expr.trim().is_empty() {
         return Err(FilterError::Empty);
     }
@@ -158,7 +168,7 @@ pub fn validate(expr: &str, fields: &[HashSet<String>]) -> Result<(), FilterErro
     Ok(())
 }
 
-fn parse_expr(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), FilterError> {
+fn parse_expr(t: &[Tok], pos: &mut usize, fields: Option<&[HashSet<String>]>, depth: usize) -> Result<(), FilterError> {
     if depth > 32 {
         return Err(FilterError::TooDeep);
     }
@@ -170,7 +180,7 @@ fn parse_expr(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usi
     Ok(())
 }
 
-fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usize) -> Result<(), FilterError> {
+fn parse_term(t: &[Tok], pos: &mut usize, fields: Option<&[HashSet<String>]>, depth: usize) -> Result<(), FilterError> {
     while t.get(*pos) == Some(&Tok::Not) {
         *pos += 1;
     }
@@ -189,7 +199,7 @@ fn parse_term(t: &[Tok], pos: &mut usize, fields: &[HashSet<String>], depth: usi
                 name.as_str(),
                 "common_pid" | "common_flags" | "common_preempt_count" | "CPU" | "COMM" | "comm"
             );
-            if !common && !fields.iter().all(|f| f.contains(name)) {
+            if !common && fields.is_some_and(|fields| !fields.iter().all(|f| f.contains(name))) {
                 return Err(FilterError::UnknownField(name.clone()));
             }
             *pos += 1;
