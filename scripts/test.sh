@@ -23,18 +23,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# 1b. The independent OTLP receiver of the export tests: opentelemetry-proto + grpcio from PyPI
-#     in a venv of its own (Debian's Python refuses system-wide pip installs).
+# 1b. Independent peers from PyPI, in a venv of their own (Debian's Python refuses system-wide
+#     pip installs): the OTLP receiver of the export tests (opentelemetry-proto + grpcio), and for
+#     the webhook tests an RFC 6902 implementation (jsonpatch) and the offline Kubernetes schema
+#     validator (kubernetes-validate).
 PYENV=/var/tmp/container-tracer-pyenv
-if ! "$PYENV/bin/python" -c 'import grpc, opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc' 2>/dev/null; then
-  echo "== installing the OTLP test receiver's Python packages into $PYENV"
+if ! "$PYENV/bin/python" -c 'import grpc, opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc, jsonpatch, kubernetes_validate' 2>/dev/null; then
+  echo "== installing the tests' Python packages into $PYENV"
   if ! python3 -m venv "$PYENV" 2>/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$PYENV"
   fi
-  "$PYENV/bin/pip" install -q --disable-pip-version-check "opentelemetry-proto>=1.27,<2" "grpcio>=1.60,<2"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check "opentelemetry-proto>=1.27,<2" "grpcio>=1.60,<2" \
+    "jsonpatch>=1.33,<2" "kubernetes-validate>=1.30"
 fi
 export TRACER_TEST_PYTHON="$PYENV/bin/python"
 

@@ -25,3 +25,10 @@ mod server;
 
 pub use connections::ServerStats;
 pub use server::{bind, serve, Limits};
+
+/// Parses a listening address: `HOST:PORT`, or `:PORT` for every IPv4 interface (a clap value
+/// parser for the servers' `--address`).
+pub fn parse_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+    full.parse().map_err(|e| format!("{s:?} is not HOST:PORT or :PORT ({e})"))
+}

@@ -142,10 +142,7 @@ pub struct Config {
 }
 
 /// Accepts the original's Go-style `:8080` as well as `HOST:PORT`.
-fn parse_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
-    full.parse().map_err(|e| format!("{s:?} is not HOST:PORT or :PORT ({e})"))
-}
+use tracer_http::parse_address;
 
 /// A configuration that cannot work, found before anything is bound or mounted.
 #[derive(Debug, thiserror::Error)]

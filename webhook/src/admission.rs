@@ -1,0 +1,129 @@
+//! The AdmissionReview exchange: parse what the API server posts, answer with the same `uid`,
+//! `allowed`, and the patch as base64 JSON Patch.
+//!
+//! The request is read with `kube::core::admission`'s types. The answer is written with a type
+//! of ours: kube-core serializes the patch bytes as a JSON array of numbers, which Go happens to
+//! decode too, but the API documents (and every other webhook sends) a base64 string, a quarter
+//! of the size.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{
+    admission::{AdmissionRequest, AdmissionReview, Operation},
+    DynamicObject,
+};
+use serde::Serialize;
+
+use crate::mutate::{self, Context, Settings};
+
+/// The only version the webhook speaks (`admissionReviewVersions: ["v1"]`).
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+
+/// Why a body is no AdmissionReview we can answer (a 400: there is no `uid` to answer to).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON of an AdmissionReview's shape.
+    #[error("not an AdmissionReview: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Another version or kind.
+    #[error("expected kind AdmissionReview of {API_VERSION}, got {kind:?} of {api_version:?}")]
+    Version {
+        /// The `apiVersion` sent.
+        api_version: String,
+        /// The `kind` sent.
+        kind: String,
+    },
+    /// No `request`.
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+}
+
+/// The answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    api_version: &'static str,
+    kind: &'static str,
+    /// The response.
+    pub response: Response,
+}
+
+/// `response` of the answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    /// The request's uid.
+    pub uid: String,
+    /// Whether the pod is admitted.
+    pub allowed: bool,
+    /// Why not, when denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// `JSONPatch` with a patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// Base64 of the JSON Patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// Shown to the client (kubectl prints them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The status of a denial.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// HTTP-like code (403).
+    pub code: u16,
+    /// The reason, naming the annotation.
+    pub message: String,
+}
+
+/// Answers the AdmissionReview in `body`.
+pub fn review(body: &[u8], settings: &Settings) -> Result<Review, ReviewError> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
+        return Err(ReviewError::Version { api_version: review.types.api_version, kind: review.types.kind });
+    }
+    let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| ReviewError::NoRequest)?;
+    let mut response = Response {
+        uid: request.uid.clone(),
+        allowed: true,
+        status: None,
+        patch_type: None,
+        patch: None,
+        warnings: vec![],
+    };
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    // Anything but a Pod CREATE (a misconfigured webhook, a subresource) is let through as is.
+    let object = match &request.object {
+        Some(o) if is_pod && request.operation == Operation::Create && request.sub_resource.is_none() => o,
+        _ => return Ok(wrap(response)),
+    };
+    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(p) => p,
+        Err(e) => return Ok(wrap(deny(response, format!("the object is not a valid Pod: {e}")))),
+    };
+    match mutate::mutate(&pod, Context { namespace: request.namespace.as_deref() }, settings) {
+        Ok(m) => {
+            response.warnings = m.warnings;
+            if !m.patch.is_empty() {
+                use base64::Engine as _;
+                let json = serde_json::to_vec(&json_patch::Patch(m.patch))?;
+                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
+                response.patch_type = Some("JSONPatch");
+            }
+            Ok(wrap(response))
+        }
+        Err(denial) => Ok(wrap(deny(response, denial.to_string()))),
+    }
+}
+
+fn deny(mut r: Response, message: String) -> Response {
+    r.allowed = false;
+    r.status = Some(Status { code: 403, message: format!("container-tracer: {message}") });
+    r
+}
+
+fn wrap(response: Response) -> Review {
+    Review { api_version: API_VERSION, kind: "AdmissionReview", response }
+}
