@@ -14,6 +14,7 @@ pub mod bench;
 pub mod bundle;
 pub mod certs;
 pub mod fuzz;
+pub mod https;
 pub mod kube;
 pub mod node;
 pub mod otlp;
@@ -21,6 +22,7 @@ pub mod podman;
 pub mod poller;
 pub mod runtime;
 pub mod standin;
+pub mod webhook;
 
 pub use bundle::*;
 pub use certs::*;

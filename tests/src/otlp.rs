@@ -22,12 +22,15 @@ pub fn otlp_python() -> PathBuf {
 
 /// Checks that the OTLP receiver can run (root, runc, its Python); like [`require`].
 pub fn require_otlp() -> bool {
-    if !require(&["runc"]) {
-        return false;
-    }
+    require(&["runc"]) && require_python("import grpc, opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc")
+}
+
+/// Checks that the tests' Python (see [`otlp_python`]) runs `import` (e.g. `import jsonpatch`);
+/// like [`require`]: a skip outside CI, a failure under it.
+pub fn require_python(import: &str) -> bool {
     let py = otlp_python();
     let ok = Command::new(&py)
-        .args(["-c", "import grpc, opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc"])
+        .args(["-c", import])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -35,7 +38,7 @@ pub fn require_otlp() -> bool {
     if ok {
         return true;
     }
-    let msg = format!("needs {} with opentelemetry-proto and grpcio (scripts/test.sh installs them)", py.display());
+    let msg = format!("needs {} able to `{import}` (scripts/test.sh installs it)", py.display());
     assert!(!in_ci(), "CI is set, so this test may not skip: it {msg}");
     eprintln!("SKIPPED: this test {msg}");
     false

@@ -43,35 +43,10 @@ fn a_token_file_guards_the_api_and_a_rotation_takes_effect_while_running() {
     assert!(!node.log().contains("first-token") && !node.log().contains("second-token"), "tokens are never logged");
 }
 
-/// GET `path` over TLS with a real rustls client trusting `cas`; answers the HTTP status and
-/// the leaf certificate the server presented.
+/// GET `path` over TLS trusting `cas` with a bearer token: the status and the leaf certificate.
 fn https_get(port: u16, cas: &[&std::path::Path], path: &str, token: &str) -> (u16, Vec<u8>) {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-    use std::io::{Read, Write};
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in cas {
-        roots.add(CertificateDer::from_pem_file(ca).expect("CA")).expect("root");
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let name = ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    write!(tls, "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut answer = Vec::new();
-    // A server closing without close_notify is an error after the data: the data is kept.
-    let _ = tls.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let leaf = tls.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
-    (status, leaf)
+    let a = e2e::https::https(port, cas, "GET", path, &[("Authorization", &format!("Bearer {token}"))], b"");
+    (a.status, a.leaf)
 }
 
 #[test]

@@ -80,7 +80,16 @@ pub struct Status {
 
 /// Answers the AdmissionReview in `body`.
 pub fn review(body: &[u8], settings: &Settings) -> Result<Review, ReviewError> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        // An AdmissionReview whose object does not parse (a metadata field of the wrong type):
+        // answered, denied, to its uid, rather than with a 400 the API server cannot place.
+        Err(e) => {
+            return uid_only(body)
+                .map(|uid| wrap(deny(allowed(uid), format!("the object is unusable: {e}"))))
+                .ok_or(e.into())
+        }
+    };
     if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
         return Err(ReviewError::Version { api_version: review.types.api_version, kind: review.types.kind });
     }
@@ -116,6 +125,27 @@ pub fn review(body: &[u8], settings: &Settings) -> Result<Review, ReviewError> {
         }
         Err(denial) => Ok(wrap(deny(response, denial.to_string()))),
     }
+}
+
+/// The uid of a v1 AdmissionReview whose object does not parse.
+fn uid_only(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Bare {
+        api_version: String,
+        kind: String,
+        request: Option<BareRequest>,
+    }
+    #[derive(serde::Deserialize)]
+    struct BareRequest {
+        uid: String,
+    }
+    let bare: Bare = serde_json::from_slice(body).ok()?;
+    (bare.api_version == API_VERSION && bare.kind == "AdmissionReview").then_some(bare.request?.uid)
+}
+
+fn allowed(uid: String) -> Response {
+    Response { uid, allowed: true, status: None, patch_type: None, patch: None, warnings: vec![] }
 }
 
 fn deny(mut r: Response, message: String) -> Response {

@@ -127,6 +127,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         max_connections: (fd.soft.saturating_sub(64) as usize).clamp(16, 4096),
         header_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
         body_timeout: std::time::Duration::from_secs(config.body_timeout_secs),
+        // A client gets as long for its TLS handshake as for its headers.
+        handshake_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
         ..tracer_http::Limits::default()
     };
     let state = Arc::new(AppState {
