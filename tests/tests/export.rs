@@ -183,12 +183,11 @@ fn a_container_attached_at_creation_gets_a_span_from_creation_to_exit_with_its_e
         .expect("create waiting session");
     node.run_session(&sid, true).expect("start");
     let id = unique("ct-otlp-exit");
-    let bundle = Bundle::new(
-        &["sh", "-c", "sleep 0.2; exit 3"],
-        &containerd_annotations(&pod, "ns", "app"),
-        Bundle::hooks_for(&node),
-    )
-    .expect("bundle");
+    // As the admission webhook stamps a Deployment's pod, and CRI-O passes it on.
+    let mut annotations = containerd_annotations(&pod, "ns", "app");
+    annotations.insert("container-tracer.io/labels".into(), r#"{"app":"web","pod-template-hash":"7d9f8c"}"#.into());
+    annotations.insert("container-tracer.io/owner".into(), "ReplicaSet/web-7d9f8c".into());
+    let bundle = Bundle::new(&["sh", "-c", "sleep 0.2; exit 3"], &annotations, Bundle::hooks_for(&node)).expect("bundle");
     let before = unix_now();
     rt.create(&id, &bundle).expect("create");
     rt.start(&id).expect("start");
@@ -204,7 +203,9 @@ fn a_container_attached_at_creation_gets_a_span_from_creation_to_exit_with_its_e
         node.log()
     );
     let spans = receiver.spans();
-    let (_, span) = spans.iter().find(|(_, s)| s["name"] == format!("ns/{pod}/app")).expect("span");
+    let (resource, span) = spans.iter().find(|(_, s)| s["name"] == format!("ns/{pod}/app")).expect("span");
+    assert_eq!(resource["k8s.replicaset.name"], "web-7d9f8c", "{resource}");
+    assert_eq!(resource["k8s.deployment.name"], "web", "{resource}");
     let a = &span["attributes"];
     assert_eq!(a["container_tracer.attached_at_creation"], true, "{span}");
     assert_eq!(a["container_tracer.container_exited"], true, "{span}");

@@ -325,3 +325,31 @@ fn the_patch_is_base64_json_patch() {
     let ops: Value = serde_json::from_slice(&patch).expect("JSON Patch");
     assert!(ops.as_array().is_some_and(|o| o.iter().all(|op| op["op"] == "add")), "{ops}");
 }
+
+/// The webhook's stamps reach the node as CRI-O passes them: the patched pod's annotations become
+/// the OCI annotations of a real runc container, and `/v1/pods` shows its labels and controller.
+#[test]
+fn the_stamps_reach_v1_pods_through_a_real_container() {
+    if !prerequisites() || !require(&["runc"]) {
+        return;
+    }
+    let w = Webhook::start(&[]).expect("webhook");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let pod = deployment_pod(json!({}));
+    let patched = apply_and_validate(&pod, &ask(&w, "n1", &pod), scratch.path());
+    let node = e2e::Node::start().expect("tracer-node");
+    let rt = e2e::Runtime::new("runc").expect("runc");
+    let name = e2e::unique("web");
+    let mut annotations = e2e::containerd_annotations(&name, "shop", "nginx");
+    for (k, v) in patched["metadata"]["annotations"].as_object().expect("annotations") {
+        annotations.insert(k.clone(), v.as_str().expect("string").to_owned());
+    }
+    let bundle = e2e::Bundle::new(&["sleep", "30"], &annotations, e2e::Bundle::hooks_for(&node)).expect("bundle");
+    let id = e2e::unique("ct-stamp");
+    rt.create(&id, &bundle).expect("create");
+    let pods = node.pods().expect("pods");
+    let c = &pods[&name]["Containers"]["nginx"];
+    assert_eq!(c["Labels"], json!({"app": "web", "pod-template-hash": "7d9f8c"}), "{pods}");
+    assert_eq!(c["Owner"], "ReplicaSet/web-7d9f8c");
+    rt.delete(&id).expect("delete");
+}

@@ -43,6 +43,13 @@ pub struct Container {
     /// Extension: creation time, nanoseconds since the Unix epoch, as seen by the hook.
     #[serde(rename = "Created", default)]
     pub created_unix_ns: u64,
+    /// Extension: the pod's labels, as the admission webhook stamped them
+    /// (`container-tracer.io/labels`); absent without the webhook.
+    #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extension: the pod's controller, `<kind>/<name>` (`container-tracer.io/owner`).
+    #[serde(rename = "Owner", default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Body of every error answer: `{"Error": "..."}`.
@@ -225,6 +232,8 @@ mod tests {
             container_id: "abc".into(),
             runtime: None,
             created_unix_ns: 1,
+            labels: None,
+            owner: None,
         };
         let v = serde_json::to_value(&c).expect("serialise");
         for key in ["Id", "Parent", "Pod", "Tasks", "Namespace"] {

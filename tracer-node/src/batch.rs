@@ -18,6 +18,9 @@ pub struct ContainerTag {
     pub name: String,
     /// Runtime that created it (`runc`, `crun`, ...), empty when unknown.
     pub runtime: String,
+    /// OpenTelemetry `k8s.*` workload attributes from the admission webhook's stamps
+    /// (`k8s.replicaset.name`, `k8s.deployment.name`, ...); empty without them.
+    pub workload: Vec<(&'static str, String)>,
 }
 
 /// One event, pointing into its page.

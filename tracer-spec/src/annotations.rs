@@ -115,6 +115,39 @@ pub fn auto_trace(annotations: &BTreeMap<String, String>) -> Result<Option<AutoT
     Ok(Some(AutoTrace { hook, arguments, request, containers, context }))
 }
 
+/// The pod's labels the webhook stamped, when present and a JSON object of strings.
+pub fn stamped_labels(annotations: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    serde_json::from_str(annotations.get(LABELS)?).ok()
+}
+
+/// The pod's controller the webhook stamped, `(kind, name)`.
+pub fn stamped_owner(annotations: &BTreeMap<String, String>) -> Option<(&str, &str)> {
+    let (kind, name) = annotations.get(OWNER)?.split_once('/')?;
+    (!kind.is_empty() && !name.is_empty() && !name.contains('/')).then_some((kind, name))
+}
+
+/// OpenTelemetry's `k8s.*` resource attributes of the pod's workload, from the stamped owner:
+/// `k8s.replicaset.name` and, when the ReplicaSet's name is the Deployment's plus the pod's
+/// `pod-template-hash`, `k8s.deployment.name`; `k8s.statefulset.name`, `k8s.daemonset.name`,
+/// `k8s.job.name` for those controllers.
+pub fn workload_attributes(annotations: &BTreeMap<String, String>) -> Vec<(&'static str, String)> {
+    let Some((kind, name)) = stamped_owner(annotations) else { return Vec::new() };
+    match kind {
+        "ReplicaSet" => {
+            let mut out = vec![("k8s.replicaset.name", name.to_owned())];
+            let hash = stamped_labels(annotations).and_then(|l| l.get("pod-template-hash").cloned());
+            if let Some(deployment) = hash.and_then(|h| name.strip_suffix(&format!("-{h}")).map(str::to_owned)) {
+                out.push(("k8s.deployment.name", deployment));
+            }
+            out
+        }
+        "StatefulSet" => vec![("k8s.statefulset.name", name.to_owned())],
+        "DaemonSet" => vec![("k8s.daemonset.name", name.to_owned())],
+        "Job" => vec![("k8s.job.name", name.to_owned())],
+        _ => Vec::new(),
+    }
+}
+
 /// Whether the pod asks for the sidecar: `"true"` or `"false"` (absent: no); anything else is
 /// an error.
 pub fn sidecar_requested(annotations: &BTreeMap<String, String>) -> Result<bool, AnnotationError> {
@@ -151,6 +184,21 @@ mod tests {
         let big = "c".repeat(MAX_CONTEXT + 1);
         assert!(auto_trace(&ann(&[(TRACE_HOOK, "trace_exec"), (TRACE_CONTEXT, &big)])).is_err());
         assert_eq!(sidecar_requested(&ann(&[(SIDECAR, "true")])), Ok(true));
+        let stamped = ann(&[(LABELS, r#"{"app":"web"}"#), (OWNER, "ReplicaSet/web-7d9f8c")]);
+        assert_eq!(stamped_labels(&stamped), Some(BTreeMap::from([("app".into(), "web".into())])));
+        assert_eq!(stamped_owner(&stamped), Some(("ReplicaSet", "web-7d9f8c")));
+        assert_eq!(stamped_labels(&ann(&[(LABELS, "[1]")])), None);
+        assert_eq!(stamped_owner(&ann(&[(OWNER, "nope")])), None);
+        let rs = ann(&[(LABELS, r#"{"pod-template-hash":"7d9f8c"}"#), (OWNER, "ReplicaSet/web-7d9f8c")]);
+        assert_eq!(
+            workload_attributes(&rs),
+            vec![("k8s.replicaset.name", "web-7d9f8c".to_owned()), ("k8s.deployment.name", "web".to_owned())]
+        );
+        assert_eq!(
+            workload_attributes(&ann(&[(OWNER, "StatefulSet/db")])),
+            vec![("k8s.statefulset.name", "db".to_owned())]
+        );
+        assert!(workload_attributes(&ann(&[])).is_empty());
         assert!(sidecar_requested(&ann(&[(SIDECAR, "yes")])).is_err());
     }
 }

@@ -46,6 +46,8 @@ pub fn build(entries: &[Entry], procfs: &Procfs) -> Pods {
                 container_id: rec.id.clone(),
                 runtime: rec.runtime.clone(),
                 created_unix_ns: rec.created_unix_ns,
+                labels: tracer_spec::annotations::stamped_labels(&rec.annotations),
+                owner: tracer_spec::annotations::stamped_owner(&rec.annotations).map(|(k, n)| format!("{k}/{n}")),
             },
         );
     }

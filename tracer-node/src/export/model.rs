@@ -156,6 +156,7 @@ impl SessionContext {
         if !tag.runtime.is_empty() {
             attrs.push(s("container.runtime", &tag.runtime));
         }
+        attrs.extend(tag.workload.iter().map(|(k, v)| s(k, v)));
         self.common(&mut attrs);
         Resource { attributes: attrs, ..Default::default() }
     }

@@ -36,6 +36,7 @@ impl SessionManager {
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             runtime: r.runtime.clone().unwrap_or_default(),
+            workload: tracer_spec::annotations::workload_attributes(&r.annotations),
         });
         let a = Attached { tag: tag.clone(), init: r.pid, cgroup: e.cgroup.clone() };
         let mut st = s.lock();

@@ -403,6 +403,7 @@ mod tests {
             namespace: "n".into(),
             name: id.into(),
             runtime: String::new(),
+            workload: Vec::new(),
         })
     }
 

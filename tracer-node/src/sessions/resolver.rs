@@ -206,6 +206,7 @@ mod tests {
             namespace: "ns".into(),
             name: id.into(),
             runtime: String::new(),
+            workload: Vec::new(),
         })
     }
 
