@@ -76,6 +76,17 @@ impl StandIn {
 
     /// The registration the hook would send for this stand-in as container `app` of `pod`.
     pub fn created(&self, pod: &str, namespace: &str) -> RegistryEvent {
+        self.created_with(pod, namespace, Default::default())
+    }
+
+    /// The `created` message with these OCI annotations (what the webhook stamped, passed on
+    /// by the runtime).
+    pub fn created_with(
+        &self,
+        pod: &str,
+        namespace: &str,
+        annotations: std::collections::BTreeMap<String, String>,
+    ) -> RegistryEvent {
         RegistryEvent::Created(ContainerCreated {
             version: MESSAGE_VERSION,
             id: self.id.clone(),
@@ -87,7 +98,7 @@ impl StandIn {
             kind: ContainerKind::Container,
             runtime: Some("stand-in".into()),
             bundle: String::new(),
-            annotations: Default::default(),
+            annotations,
             created_unix_ns: 0,
         })
     }

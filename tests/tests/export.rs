@@ -187,7 +187,8 @@ fn a_container_attached_at_creation_gets_a_span_from_creation_to_exit_with_its_e
     let mut annotations = containerd_annotations(&pod, "ns", "app");
     annotations.insert("container-tracer.io/labels".into(), r#"{"app":"web","pod-template-hash":"7d9f8c"}"#.into());
     annotations.insert("container-tracer.io/owner".into(), "ReplicaSet/web-7d9f8c".into());
-    let bundle = Bundle::new(&["sh", "-c", "sleep 0.2; exit 3"], &annotations, Bundle::hooks_for(&node)).expect("bundle");
+    let bundle =
+        Bundle::new(&["sh", "-c", "sleep 0.2; exit 3"], &annotations, Bundle::hooks_for(&node)).expect("bundle");
     let before = unix_now();
     rt.create(&id, &bundle).expect("create");
     rt.start(&id).expect("start");

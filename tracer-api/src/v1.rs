@@ -95,8 +95,14 @@ pub struct TraceHook {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewSession {
-    /// Pod name pattern (`*` and `?` wildcards); matches `<pod>` or `<namespace>/<pod>`.
+    /// Pod name pattern (`*` and `?` wildcards); matches `<pod>` or `<namespace>/<pod>`. May be
+    /// left out when `pod-selector` is given (then `*`).
+    #[serde(default)]
     pub pod: String,
+    /// Extension: a Kubernetes label selector (`app=web,tier!=db`) on the pods' labels as the
+    /// admission webhook stamped them; with `pod`, both must match.
+    #[serde(rename = "pod-selector", default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<String>,
     /// Container name pattern.
     pub container: String,
     /// Hook name.

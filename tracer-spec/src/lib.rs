@@ -6,3 +6,4 @@
 pub mod annotations;
 pub mod args;
 pub mod filter;
+pub mod selector;

@@ -27,7 +27,17 @@ impl SessionManager {
 
     /// Creates a session (not started). Fails, leaving nothing behind, on a bad pattern, hook
     /// or argument, or when nothing matches and `wait-for-containers` is not set.
-    pub fn create(&self, spec: NewSession) -> Result<SessionInfo, SessionError> {
+    pub fn create(&self, mut spec: NewSession) -> Result<SessionInfo, SessionError> {
+        let selector = match &spec.pod_selector {
+            Some(text) => Some(
+                tracer_spec::selector::LabelSelector::parse(text)
+                    .map_err(|e| SessionError::Invalid(format!("pod-selector: {e}")))?,
+            ),
+            None => None,
+        };
+        if spec.pod.is_empty() && selector.is_some() {
+            spec.pod = "*".into();
+        }
         check_pattern("pod", &spec.pod)?;
         check_pattern("container", &spec.container)?;
         if spec.trace_arguments.len() > 16 * 1024 || spec.trace_user_context.len() > 64 * 1024 {
@@ -45,6 +55,7 @@ impl SessionManager {
         let session = Arc::new(Session {
             id,
             spec,
+            selector,
             plan,
             store: Arc::new(EventStore::new(self.settings.retention_events, self.settings.metrics.clone())),
             resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), self.saved.clone())),

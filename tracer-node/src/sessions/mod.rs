@@ -177,6 +177,8 @@ pub struct Session {
     /// The id.
     pub id: u64,
     spec: NewSession,
+    /// `pod-selector`, parsed.
+    selector: Option<tracer_spec::selector::LabelSelector>,
     plan: Plan,
     store: Arc<EventStore>,
     resolver: Arc<Resolver>,
@@ -218,6 +220,9 @@ impl Session {
             && (glob::matches(&self.spec.pod, &r.pod)
                 || glob::matches(&self.spec.pod, &format!("{}/{}", r.namespace, r.pod)))
             && glob::matches(&self.spec.container, &r.name)
+            && self.selector.as_ref().is_none_or(|s| {
+                s.matches(&tracer_spec::annotations::stamped_labels(&r.annotations).unwrap_or_default())
+            })
     }
 }
 
