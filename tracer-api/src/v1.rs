@@ -131,6 +131,10 @@ pub struct RunChange {
 /// One session as `GET /v1/trace-session/<id>` shows it (inside `{ "<id>": ... }`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
+    /// Extension: made by a pod's `container-tracer.io/trace-hook` annotation at its first
+    /// container's creation (not by a client); absent otherwise.
+    #[serde(rename = "AutoTrace", default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_trace: bool,
     /// Pod name to the names of the session's containers in it.
     #[serde(rename = "Containers")]
     pub containers: BTreeMap<String, Vec<String>>,

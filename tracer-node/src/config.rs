@@ -94,6 +94,19 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_running_sessions: u64,
 
+    /// Auto-trace sessions (made by pods' `container-tracer.io/trace-hook` annotations) running
+    /// at once at most: a flood of annotated pods cannot take the kernel's memory. Past it the
+    /// session shows the refusal in `Error`; the container starts regardless.
+    #[arg(long, env = "TRACER_MAX_AUTO_SESSIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub max_auto_sessions: u64,
+
+    /// Seconds an auto-trace session is kept after its pod's last container is gone (stopped, its
+    /// events still readable), then deleted.
+    #[arg(long, env = "TRACER_AUTO_TRACE_RETENTION_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub auto_trace_retention_secs: u64,
+
     /// Kernel memory the running sessions' ring buffers may take in all, in MiB: a start that
     /// would exceed it (`--trace-buffer-kb` x CPUs per session) is refused with a 429.
     #[arg(long, env = "TRACER_TRACE_MEMORY_BUDGET_MB", default_value_t = 1024,

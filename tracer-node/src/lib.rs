@@ -137,6 +137,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             buffer_kb: config.trace_buffer_kb,
             max_sessions: usize::try_from(config.max_sessions).unwrap_or(usize::MAX),
             max_running: usize::try_from(config.max_running_sessions).unwrap_or(usize::MAX),
+            max_auto_running: usize::try_from(config.max_auto_sessions).unwrap_or(usize::MAX),
+            auto_retention: std::time::Duration::from_secs(config.auto_trace_retention_secs),
             memory_budget_kb: config.trace_memory_budget_mb.saturating_mul(1024),
             retention_events: usize::try_from(config.trace_retention).unwrap_or(usize::MAX),
             exporter: exporter.clone(),

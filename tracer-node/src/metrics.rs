@@ -25,6 +25,10 @@ pub struct Metrics {
     pub followers: AtomicU64,
     /// Following streams cut off for not reading.
     pub followers_cut_off: AtomicU64,
+    /// Auto-trace sessions started at a container's creation.
+    pub auto_sessions_started: AtomicU64,
+    /// Auto-trace sessions refused: over `--max-auto-sessions`, or their hook unusable here.
+    pub auto_sessions_refused: AtomicU64,
     /// Events waiting for export now (a gauge).
     pub export_queue: AtomicU64,
     /// Events exported (log records or span events).
@@ -193,6 +197,14 @@ pub fn render(m: &Metrics, r: &RegistryCounters, http: &ServerStats, g: &Gauges)
                     ([("result", "applied"), ("", "")], l(&r.spool_applied)),
                     ([("result", "stale"), ("", "")], l(&r.spool_refused)),
                     ([("result", "unreadable"), ("", "")], l(&r.spool_unreadable)),
+                ],
+            ),
+            (
+                "auto_trace_sessions",
+                "Sessions started by container-tracer.io/trace-hook annotations at a container's creation, by outcome.",
+                vec![
+                    ([("result", "started"), ("", "")], l(&m.auto_sessions_started)),
+                    ([("result", "refused"), ("", "")], l(&m.auto_sessions_refused)),
                 ],
             ),
             (

@@ -71,6 +71,9 @@ impl RegistryObserver for SessionManager {
     /// batch holds them whoever writes it. The procfs reads and the kernel writes happen
     /// without any session lock: GET, stats and other attachments go on meanwhile.
     fn registered(&self, entry: &Entry) {
+        // Its pod's own session first, started with the container attached, so its first
+        // exec is traced; then every other matching session.
+        self.auto_trace(entry);
         let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
         let running: Vec<(&Arc<Session>, Arc<PidFilter>)> =
             sessions.iter().filter(|s| s.matches(entry)).filter_map(|s| Some((s, self.attach(s, entry)?))).collect();
@@ -110,6 +113,11 @@ impl RegistryObserver for SessionManager {
                 s.resolver.remove_container(id);
                 if let Some(export) = &st.export {
                     export.container_exited(id);
+                }
+                let pod_gone = s.auto && st.containers.is_empty();
+                drop(st);
+                if pod_gone {
+                    self.auto_pod_gone(&s);
                 }
             }
         }

@@ -44,6 +44,27 @@ impl SessionManager {
             return Err(SessionError::Invalid("trace-arguments or trace-user-context too long".into()));
         }
         let plan = self.catalog.plan(&spec.trace_hook, &spec.trace_arguments)?;
+        let session = self.insert(spec, selector, Ok(plan), false)?;
+        let id = session.id;
+        if session.lock().containers.is_empty() && !session.spec.wait_for_containers {
+            self.map().remove(&id);
+            return Err(SessionError::NoMatch {
+                pod: session.spec.pod.clone(),
+                container: session.spec.container.clone(),
+            });
+        }
+        info!(session = id, hook = %session.spec.trace_hook, pod = %session.spec.pod, container = %session.spec.container, "session created");
+        Ok(self.info(&session))
+    }
+
+    /// Makes a session of a checked `spec` and attaches the containers registered now.
+    pub(super) fn insert(
+        &self,
+        spec: NewSession,
+        selector: Option<tracer_spec::selector::LabelSelector>,
+        plan: Result<super::Plan, String>,
+        auto: bool,
+    ) -> Result<Arc<Session>, SessionError> {
         if self.map().len() >= self.settings.max_sessions {
             return Err(SessionError::Limit {
                 what: "too many trace sessions on this node",
@@ -57,6 +78,7 @@ impl SessionManager {
             spec,
             selector,
             plan,
+            auto,
             store: Arc::new(EventStore::new(self.settings.retention_events, self.settings.metrics.clone())),
             resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), self.saved.clone())),
             trace_id: crate::ids::trace_id(),
@@ -73,15 +95,7 @@ impl SessionManager {
                 let _ = self.attach(&session, &e);
             }
         }
-        if session.lock().containers.is_empty() && !session.spec.wait_for_containers {
-            self.map().remove(&id);
-            return Err(SessionError::NoMatch {
-                pod: session.spec.pod.clone(),
-                container: session.spec.container.clone(),
-            });
-        }
-        info!(session = id, hook = %session.spec.trace_hook, pod = %session.spec.pod, container = %session.spec.container, "session created");
-        Ok(self.info(&session))
+        Ok(session)
     }
 
     /// The session's wire form.
@@ -100,6 +114,7 @@ impl SessionManager {
             containers.entry(a.tag.pod.clone()).or_default().push(a.tag.name.clone());
         }
         SessionInfo {
+            auto_trace: s.auto,
             containers,
             context: s.spec.trace_user_context.clone(),
             error: st.error.clone(),
@@ -136,6 +151,7 @@ impl SessionManager {
         op.deleted = true;
         let stopped = self.stop_locked(&s, true).await;
         self.map().remove(&id);
+        self.auto.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| *v != id);
         drop(op);
         info!(session = id, "session deleted");
         stopped

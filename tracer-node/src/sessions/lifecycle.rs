@@ -91,14 +91,15 @@ impl SessionManager {
         let _gate = self.start_gate.lock().await;
         self.check_running_limits()?;
         let result = match s.plan.clone() {
-            Plan::Ftrace(plan) => {
+            Err(reason) => Err(StartFailure::Unusable(reason)),
+            Ok(Plan::Ftrace(plan)) => {
                 let (s2, tracefs, registry, settings, node) =
                     (s.clone(), self.tracefs.clone(), self.registry.clone(), self.settings.clone(), self.node.clone());
                 tokio::task::spawn_blocking(move || start_ftrace(&s2, &plan, &tracefs, &registry, &settings, &node))
                     .await
                     .map_err(|source| SessionError::Task { what: "start", source })?
             }
-            Plan::External { provider, hook, args } => {
+            Ok(Plan::External { provider, hook, args }) => {
                 // The containers are listed under the lock, their threads read from procfs
                 // without it.
                 let containers: Vec<Attached> = s.lock().containers.values().cloned().collect();

@@ -4,6 +4,7 @@
 //! thread of its containers, read losslessly through the per-CPU raw pipes.
 
 mod attach;
+mod auto;
 mod crud;
 pub mod events;
 pub mod glob;
@@ -113,6 +114,10 @@ pub struct Settings {
     pub max_running: usize,
     /// Kernel memory (KiB) all running sessions' ring buffers may take.
     pub memory_budget_kb: u64,
+    /// Auto-trace sessions running at once at most.
+    pub max_auto_running: usize,
+    /// How long a finished auto-trace session is kept before it is deleted.
+    pub auto_retention: std::time::Duration,
     /// OTLP export of running sessions, when configured.
     pub exporter: Option<Arc<Exporter>>,
     /// The node's counters.
@@ -127,6 +132,8 @@ impl Default for Settings {
             max_sessions: 256,
             max_running: 32,
             memory_budget_kb: 1024 * 1024,
+            max_auto_running: 16,
+            auto_retention: std::time::Duration::from_secs(600),
             exporter: None,
             metrics: Arc::default(),
         }
@@ -179,7 +186,11 @@ pub struct Session {
     spec: NewSession,
     /// `pod-selector`, parsed.
     selector: Option<tracer_spec::selector::LabelSelector>,
-    plan: Plan,
+    /// What the hook does; why it cannot run here for an auto-trace session whose annotations
+    /// the node refuses (the session shows the reason in `Error`).
+    plan: Result<Plan, String>,
+    /// Made by a pod's trace annotations.
+    auto: bool,
     store: Arc<EventStore>,
     resolver: Arc<Resolver>,
     /// The OTLP trace of the session (all its runs).
@@ -242,6 +253,11 @@ pub struct SessionManager {
     start_gate: tokio::sync::Mutex<()>,
     /// CPUs with a ring buffer in each instance.
     cpus: u64,
+    /// Auto-trace sessions by (namespace, pod, hook); taken while one is found or made.
+    auto: Mutex<std::collections::HashMap<(String, String, String), u64>>,
+    /// The runtime, for work started from the registry's threads (auto-trace starts and
+    /// their stop and removal).
+    runtime: Option<tokio::runtime::Handle>,
     me: Weak<SessionManager>,
 }
 
@@ -289,6 +305,8 @@ impl SessionManager {
             saved: saved.clone(),
             start_gate: tokio::sync::Mutex::new(()),
             cpus,
+            auto: Mutex::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             me: me.clone(),
         });
         let observer: Weak<dyn RegistryObserver> = Arc::downgrade(&m) as Weak<dyn RegistryObserver>;

@@ -40,6 +40,9 @@ pub enum StartFailure {
     /// The first pid filter write.
     #[error("pid filter: {0}")]
     PidFilter(#[source] super::pid_filter::PidFilterError),
+    /// The hook cannot run here (an auto-trace annotation the node refuses).
+    #[error("{0}")]
+    Unusable(String),
     /// An external hook failed; its standard error.
     #[error("{}", .0.join("; "))]
     External(Vec<String>),
@@ -56,7 +59,7 @@ impl StartFailure {
         match self {
             Self::Kernel { source, .. } | Self::FunctionTracer { source, .. } => source.is_kernel_short(),
             Self::PidFilter(super::pid_filter::PidFilterError::Kernel(e)) => e.is_kernel_short(),
-            Self::PidFilter(_) | Self::External(_) => false,
+            Self::PidFilter(_) | Self::External(_) | Self::Unusable(_) => false,
         }
     }
 }
