@@ -456,3 +456,44 @@ fn bad_export_configuration_is_a_usage_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// An auto-trace session (made by the pod's annotations at its container's creation) is exported
+/// like any other: its run's span, the container's span from creation, and its events.
+#[test]
+fn an_auto_trace_session_is_exported_like_any_other() {
+    if !require_otlp() {
+        return;
+    }
+    let receiver = Receiver::start().expect("receiver");
+    let node = Node::start_with(&["--otlp-endpoint", &receiver.grpc_url(), "--otlp-protocol", "grpc"]).expect("node");
+    let rt = Runtime::new("runc").expect("runc");
+    let pod = unique("otlp-auto");
+    let mut annotations = containerd_annotations(&pod, "ns", "app");
+    annotations.insert("container-tracer.io/trace-hook".into(), "trace_exec".into());
+    let id = unique("ct-otlp-auto");
+    let bundle =
+        Bundle::new(&["sh", "-c", "sleep 0.2; exit 0"], &annotations, Bundle::hooks_for(&node)).expect("bundle");
+    rt.create(&id, &bundle).expect("create");
+    rt.start(&id).expect("start");
+    rt.keep(bundle);
+    let (_, all) = node.call("GET", "/v1/trace-session/all", None).expect("sessions");
+    let sid = all.as_object().and_then(|o| o.keys().next().cloned()).expect("the auto-trace session");
+    // The pod goes: the session stops, and its run's span and the container's are exported.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let spans = receiver.spans();
+            spans.iter().any(|(_, s)| s["name"] == format!("trace-session {sid}"))
+                && spans.iter().any(|(_, s)| s["name"] == format!("ns/{pod}/app"))
+        }),
+        "spans of the auto-trace session: {:?}\n{}",
+        receiver.spans(),
+        node.log()
+    );
+    let spans = receiver.spans();
+    let (_, span) = spans.iter().find(|(_, s)| s["name"] == format!("ns/{pod}/app")).expect("span");
+    assert_eq!(span["attributes"]["container_tracer.attached_at_creation"], true, "{span}");
+    let events = node.events(&sid).expect("events");
+    assert!(wait_until(Duration::from_secs(20), || receiver.log_records().len() >= events.len()));
+    assert!(events.iter().any(|e| e["event"] == "sched_process_exec"), "the exec is traced");
+    let _ = rt.delete(&id);
+}

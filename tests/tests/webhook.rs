@@ -327,7 +327,8 @@ fn the_patch_is_base64_json_patch() {
 }
 
 /// The webhook's stamps reach the node as CRI-O passes them: the patched pod's annotations become
-/// the OCI annotations of a real runc container, and `/v1/pods` shows its labels and controller.
+/// the OCI annotations of a real runc container; `/v1/pods` shows its labels and controller, and
+/// its auto-trace wish starts a session at the container's creation that sees its first exec.
 #[test]
 fn the_stamps_reach_v1_pods_through_a_real_container() {
     if !prerequisites() || !require(&["runc"]) {
@@ -335,7 +336,7 @@ fn the_stamps_reach_v1_pods_through_a_real_container() {
     }
     let w = Webhook::start(&[]).expect("webhook");
     let scratch = tempfile::tempdir().expect("scratch");
-    let pod = deployment_pod(json!({}));
+    let pod = deployment_pod(json!({ann::TRACE_HOOK: "trace_exec", ann::TRACE_CONTEXT: "from the webhook"}));
     let patched = apply_and_validate(&pod, &ask(&w, "n1", &pod), scratch.path());
     let node = e2e::Node::start().expect("tracer-node");
     let rt = e2e::Runtime::new("runc").expect("runc");
@@ -344,12 +345,38 @@ fn the_stamps_reach_v1_pods_through_a_real_container() {
     for (k, v) in patched["metadata"]["annotations"].as_object().expect("annotations") {
         annotations.insert(k.clone(), v.as_str().expect("string").to_owned());
     }
-    let bundle = e2e::Bundle::new(&["sleep", "30"], &annotations, e2e::Bundle::hooks_for(&node)).expect("bundle");
+    let bundle =
+        e2e::Bundle::new(&["sh", "-c", "exec sleep 30"], &annotations, e2e::Bundle::hooks_for(&node)).expect("bundle");
     let id = e2e::unique("ct-stamp");
+    let created = std::time::Instant::now();
     rt.create(&id, &bundle).expect("create");
+    let created = created.elapsed();
+    let init = rt.pid(&id).expect("pid");
     let pods = node.pods().expect("pods");
     let c = &pods[&name]["Containers"]["nginx"];
     assert_eq!(c["Labels"], json!({"app": "web", "pod-template-hash": "7d9f8c"}), "{pods}");
     assert_eq!(c["Owner"], "ReplicaSet/web-7d9f8c");
-    rt.delete(&id).expect("delete");
+    // The auto-trace wish came through too: a session started at the container's creation.
+    let (_, all) = node.call("GET", "/v1/trace-session/all", None).expect("sessions");
+    let (sid, s) = all.as_object().and_then(|o| o.iter().next()).expect("the auto-trace session");
+    assert_eq!((s["AutoTrace"].clone(), s["Running"].clone()), (json!(true), json!(true)), "{s}");
+    assert_eq!(s["Context"], "from the webhook");
+    println!("runc create with the hook and an auto-trace start: {created:?}");
+    rt.start(&id).expect("start");
+    assert!(
+        wait_until(Duration::from_secs(10), || node
+            .events(sid)
+            .is_ok_and(|e| e.iter().any(|e| e["event"] == "sched_process_exec" && e["comm"] == "sleep"))),
+        "the exec of sleep is traced"
+    );
+    let events = node.events(sid).expect("events");
+    let first = events.iter().find(|e| e["pid"] == i64::from(init)).expect("an event of the init");
+    assert_eq!(first["event"], "sched_process_exec", "the init's first event is its exec: {first}");
+    rt.kill(&id).expect("kill");
+    rt.keep(bundle);
+    assert!(
+        wait_until(Duration::from_secs(10), || node.session(sid).is_ok_and(|s| s["Running"] == false)),
+        "the session stops with its pod"
+    );
+    let _ = rt.delete(&id);
 }

@@ -81,19 +81,21 @@ impl Exporter {
     }
 
     /// Starts exporting a run of a session: returns the sink for its store and the handle for
-    /// its container lifecycle. `containers` are attached from the run's start.
+    /// its container lifecycle. `containers` are attached from the run's start, or from their creation
+    /// when it is given (a session started for a container being created).
     pub fn start_session(
         self: &Arc<Self>,
         ctx: SessionContext,
         formats: Arc<HashMap<u16, EventFormat>>,
         counters: Arc<ExportCounters>,
-        containers: Vec<(Arc<ContainerTag>, u32)>,
+        containers: Vec<(Arc<ContainerTag>, u32, Option<u64>)>,
     ) -> (Sink, SessionExport) {
         let (tx, batches) = mpsc::channel(batch_queue(self.config.queue_events));
         let (ctl_tx, ctl) = mpsc::channel(CONTROL_QUEUE.max(containers.len() + 1));
         let started = model::unix_now();
-        for (tag, init) in containers {
-            let _ = ctl_tx.try_send(Control::Started { tag, init, at: started, at_creation: false });
+        for (tag, init, created) in containers {
+            let (at, at_creation) = created.map_or((started, false), |c| (c, true));
+            let _ = ctl_tx.try_send(Control::Started { tag, init, at, at_creation });
         }
         let sink = Sink { tx, counters: counters.clone(), capacity: self.config.queue_events };
         let already_dropped = counters.snapshot().2;

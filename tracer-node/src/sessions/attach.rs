@@ -38,7 +38,13 @@ impl SessionManager {
             runtime: r.runtime.clone().unwrap_or_default(),
             workload: tracer_spec::annotations::workload_attributes(&r.annotations),
         });
-        let a = Attached { tag: tag.clone(), init: r.pid, cgroup: e.cgroup.clone() };
+        let a = Attached {
+            tag: tag.clone(),
+            init: r.pid,
+            cgroup: e.cgroup.clone(),
+            created_unix_ns: r.created_unix_ns,
+            at_creation: false,
+        };
         let mut st = s.lock();
         if st.containers.contains_key(&r.id) {
             return None;

@@ -124,6 +124,10 @@ impl SessionManager {
         };
         match self.insert(spec, None, plan, true) {
             Ok(s) => {
+                // Made for this container, now: it is traced (and its span begins) from its creation.
+                if let Some(a) = s.lock().containers.get_mut(&r.id) {
+                    a.at_creation = true;
+                }
                 info!(session = s.id, pod = %r.pod, namespace = %r.namespace, hook = %s.spec.trace_hook, "auto-trace session created");
                 auto.insert(key, s.id);
                 Some(s)

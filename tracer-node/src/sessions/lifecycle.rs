@@ -321,7 +321,11 @@ fn start_ftrace(
                 user_context: s.spec.trace_user_context.clone(),
                 extra: ex.config().resource.clone(),
             };
-            let containers = st.containers.values().map(|a| (a.tag.clone(), a.init)).collect();
+            let containers = st
+                .containers
+                .values()
+                .map(|a| (a.tag.clone(), a.init, a.at_creation.then_some(a.created_unix_ns).filter(|t| *t > 0)))
+                .collect();
             let (sink, handle) = ex.start_session(ctx, formats.clone(), s.export.clone(), containers);
             s.store.add_sink(Box::new(sink));
             handle

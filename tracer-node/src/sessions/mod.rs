@@ -145,6 +145,11 @@ struct Attached {
     tag: Arc<ContainerTag>,
     init: u32,
     cgroup: Option<std::path::PathBuf>,
+    /// When the runtime created it (unix ns, 0 when unknown).
+    created_unix_ns: u64,
+    /// Attached at its creation to a session not running yet, that starts for it (auto-trace):
+    /// its span begins at its creation.
+    at_creation: bool,
 }
 
 enum Run {
