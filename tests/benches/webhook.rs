@@ -16,7 +16,6 @@ use std::{
 
 use axum::{body::Bytes, routing::post, Router};
 use e2e::{poller::quantile, test_certificates, webhook::SIDECAR_TEMPLATE};
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tracer_spec::annotations as ann;
 
@@ -67,15 +66,7 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(ca).expect("CA")).expect("root");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").expect("name"))
-            .expect("client");
+        let conn = e2e::https::client(&[ca]);
         let tcp = std::net::TcpStream::connect(addr).expect("connect");
         tcp.set_nodelay(true).expect("nodelay");
         tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

@@ -10,6 +10,21 @@ use std::{
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 
+/// A rustls client connection for `localhost` trusting `cas` (PEM files).
+pub fn client(cas: &[&Path]) -> rustls::ClientConnection {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(CertificateDer::from_pem_file(ca).expect("CA")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("name");
+    rustls::ClientConnection::new(Arc::new(config), name).expect("client")
+}
+
 /// What one request got.
 #[derive(Debug)]
 pub struct Answer {
@@ -24,17 +39,7 @@ pub struct Answer {
 /// Sends `method path` to `127.0.0.1:port` over TLS for `localhost`, trusting `cas`, with
 /// `headers` and `body`; `Connection: close`. Status 0 when nothing answers.
 pub fn https(port: u16, cas: &[&Path], method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in cas {
-        roots.add(CertificateDer::from_pem_file(ca).expect("CA")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let conn = client(cas);
     // Refused (not listening yet, or gone): status 0, as when no answer arrives.
     let Ok(tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return Answer { status: 0, body: Vec::new(), leaf: Vec::new() };
