@@ -62,6 +62,8 @@ pub fn targets() -> Vec<Target> {
         Target { name: "glob", run: glob },
         Target { name: "ring_page", run: ring_page },
         Target { name: "event_format", run: event_format },
+        Target { name: "annotations", run: annotations },
+        Target { name: "label_selector", run: label_selector },
     ]
 }
 
@@ -474,6 +476,64 @@ fn event_format(budget: Budget) -> Report {
         if let Ok(f) = tracer_node::ftrace::format::parse_event_format("sched", &text) {
             let _ = f.decode(&payload);
         }
+        Ok(())
+    })
+}
+
+const ANNOTATION_KEYS: &[&str] = &[
+    tracer_spec::annotations::TRACE_HOOK,
+    tracer_spec::annotations::TRACE_ARGUMENTS,
+    tracer_spec::annotations::TRACE_CONTAINERS,
+    tracer_spec::annotations::TRACE_CONTEXT,
+    tracer_spec::annotations::SIDECAR,
+    tracer_spec::annotations::LABELS,
+    tracer_spec::annotations::OWNER,
+];
+
+/// A pod's annotations as the webhook and the node read them: what is accepted as an auto-trace
+/// wish has a built-in hook, arguments that parse again the same way, and a bounded glob and
+/// context; the stamped labels and owner never panic on any text.
+fn annotations(budget: Budget) -> Report {
+    let value = prop_oneof![
+        proptest::sample::select(&["trace_syscalls", "trace_exec", "trace_events", "true", "*", ""][..])
+            .prop_map(str::to_owned),
+        soup(ARG_TOKENS, 8),
+        any::<String>(),
+    ];
+    let pairs =
+        proptest::collection::btree_map(proptest::sample::select(ANNOTATION_KEYS).prop_map(str::to_owned), value, 0..6);
+    drive("annotations", pairs, budget, |a| {
+        use tracer_spec::annotations as ann;
+        if let Ok(Some(w)) = ann::auto_trace(&a) {
+            prop_assert_eq!(tracer_spec::args::parse(w.hook, &w.arguments), Ok(w.request.clone()));
+            prop_assert!(!w.containers.is_empty() && w.containers.len() <= ann::MAX_PATTERN);
+            prop_assert!(w.context.len() <= ann::MAX_CONTEXT);
+        }
+        let _ = ann::sidecar_requested(&a);
+        let _ = ann::stamped_labels(&a);
+        if let Some((kind, name)) = ann::stamped_owner(&a) {
+            prop_assert!(!kind.is_empty() && !name.is_empty() && !name.contains('/'));
+        }
+        let _ = ann::workload_attributes(&a);
+        Ok(())
+    })
+}
+
+/// `pod-selector`: whatever parses matches any label set without a panic, and `k=v` selects
+/// exactly the sets holding that label.
+fn label_selector(budget: Budget) -> Report {
+    let text = prop_oneof![
+        soup(&["app", "=", "==", "!=", "!", ",", "web", "db", "a.b/c", "-x", " ", "tier"], 10),
+        any::<String>(),
+    ];
+    let labels = proptest::collection::btree_map("[a-z]{1,4}", "[a-z]{0,4}", 0..4);
+    drive("label_selector", (text, labels, "[a-z]{1,4}", "[a-z]{1,4}"), budget, |(text, labels, k, v)| {
+        use tracer_spec::selector::LabelSelector;
+        if let Ok(s) = LabelSelector::parse(&text) {
+            let _ = s.matches(&labels);
+        }
+        let s = LabelSelector::parse(&format!("{k}={v}")).expect("k=v parses");
+        prop_assert_eq!(s.matches(&labels), labels.get(&k) == Some(&v));
         Ok(())
     })
 }

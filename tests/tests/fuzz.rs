@@ -47,11 +47,31 @@ fn event_formats_and_payloads_decode_without_panicking() {
 }
 
 #[test]
+fn pod_annotations_are_read_the_same_way_twice_and_never_panic() {
+    run("annotations");
+}
+
+#[test]
+fn label_selectors_parse_and_match_as_kubernetes_does() {
+    run("label_selector");
+}
+
+#[test]
 fn every_target_is_run_by_a_test() {
     let names: Vec<&str> = targets().iter().map(|t| t.name).collect();
     assert_eq!(
         names,
-        ["oci_state", "hook_message", "filter", "trace_arguments", "glob", "ring_page", "event_format"],
+        [
+            "oci_state",
+            "hook_message",
+            "filter",
+            "trace_arguments",
+            "glob",
+            "ring_page",
+            "event_format",
+            "annotations",
+            "label_selector"
+        ],
         "a new target needs its test above"
     );
 }
