@@ -118,6 +118,10 @@ pub struct NewSession {
     /// containers as they appear.
     #[serde(rename = "wait-for-containers", default)]
     pub wait_for_containers: bool,
+    /// Extension: the session's id, chosen by the caller (a decimal u64), so that one id names
+    /// the session on every node (tracer-svc creates it so); a taken id is a 409.
+    #[serde(rename = "session-id", default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 /// `PUT /v1/trace-session/<id>` body: `{"Run": bool}` (`run` accepted too).

@@ -132,3 +132,34 @@ async fn every_error_is_the_contracts_json_including_wrong_methods_and_long_uris
         assert!(body["Error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {body}");
     }
 }
+
+async fn post(app: &AppState, path: &str, body: &Value) -> (u16, Value) {
+    let req = Request::post(path).body(Body::from(body.to_string())).expect("request");
+    let resp = router(app.clone()).oneshot(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&bytes).expect("JSON body"))
+}
+
+/// `session-id`: the caller names the session (tracer-svc gives one id to the session on every
+/// node); the id must be a decimal u64 and free.
+#[tokio::test]
+async fn a_caller_chosen_session_id_is_used_checked_and_never_taken_twice() {
+    let app = state(registry(None));
+    let body = |id: &str| {
+        serde_json::json!({"pod": "web-*", "container": "*", "trace-hook": "trace_functions",
+                           "wait-for-containers": true, "session-id": id})
+    };
+    let (status, v) = post(&app, "/v1/trace-session", &body("4242")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["4242"]["Id"], "4242", "{v}");
+    let (status, v) = post(&app, "/v1/trace-session", &body("4242")).await;
+    assert_eq!(status, 409, "a taken id: {v}");
+    assert!(v["Error"].as_str().is_some_and(|e| e.contains("4242")), "{v}");
+    for bad in ["all", "-1", "12a", "", "123456789012345678901"] {
+        let (status, v) = post(&app, "/v1/trace-session", &body(bad)).await;
+        assert_eq!(status, 400, "{bad:?}: {v}");
+    }
+    let (status, _, v) = send(&app, "GET", "/v1/trace-session/4242").await;
+    assert_eq!(status, 200, "{v}");
+}

@@ -116,6 +116,7 @@ impl SessionManager {
             trace_arguments: arguments,
             trace_user_context: context,
             wait_for_containers: true,
+            session_id: None,
         };
         // The node's own checks (this kernel's events and formats) on top of the annotation's.
         let plan = match wish {

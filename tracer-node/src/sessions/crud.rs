@@ -15,16 +15,6 @@ use super::{
 use crate::export::ExportCounters;
 
 impl SessionManager {
-    fn new_id(&self) -> u64 {
-        let map = self.map();
-        loop {
-            let id = crate::ids::session_id();
-            if !map.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
     /// Creates a session (not started). Fails, leaving nothing behind, on a bad pattern, hook
     /// or argument, or when nothing matches and `wait-for-containers` is not set.
     pub fn create(&self, mut spec: NewSession) -> Result<SessionInfo, SessionError> {
@@ -65,14 +55,27 @@ impl SessionManager {
         plan: Result<super::Plan, String>,
         auto: bool,
     ) -> Result<Arc<Session>, SessionError> {
-        if self.map().len() >= self.settings.max_sessions {
+        let chosen = spec.session_id.as_deref().map(super::parse_id).transpose()?;
+        // The id is picked (or the chosen one checked) and the session inserted under one hold
+        // of the map: two POSTs naming the same id cannot both get it.
+        let mut map = self.map();
+        if map.len() >= self.settings.max_sessions {
             return Err(SessionError::Limit {
                 what: "too many trace sessions on this node",
                 limit: self.settings.max_sessions as u64,
                 flag: "--max-sessions",
             });
         }
-        let id = self.new_id();
+        let id = match chosen {
+            Some(id) if map.contains_key(&id) => return Err(SessionError::IdTaken(id)),
+            Some(id) => id,
+            None => loop {
+                let id = crate::ids::session_id();
+                if !map.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
         let session = Arc::new(Session {
             id,
             spec,
@@ -88,7 +91,8 @@ impl SessionManager {
         });
         // In the map first, then the current containers: one registering meanwhile is seen by
         // `registered` or by this snapshot, possibly both (attaching is idempotent).
-        self.map().insert(id, session.clone());
+        map.insert(id, session.clone());
+        drop(map);
         for e in self.registry.snapshot() {
             if session.matches(&e) {
                 // A new session does not run: there is no filter to write.

@@ -58,6 +58,9 @@ pub enum SessionError {
     /// The hook or its arguments.
     #[error(transparent)]
     Hook(#[from] HookError),
+    /// A caller-chosen `session-id` that names a session already.
+    #[error("trace session {0} exists already")]
+    IdTaken(u64),
     /// Start of a session that runs already.
     #[error("trace session {0} is already running")]
     AlreadyRunning(u64),
