@@ -182,24 +182,22 @@ impl Receiver {
 
     /// Every log record received, with its resource.
     pub fn log_records(&self) -> Vec<(Value, Value)> {
-        self.received()
-            .into_iter()
-            .filter(|r| r["signal"] == "logs")
-            .flat_map(|r| {
-                let res = r["resource"].clone();
-                r["records"].as_array().cloned().unwrap_or_default().into_iter().map(move |x| (res.clone(), x))
-            })
-            .collect()
+        self.items("logs", "records")
     }
 
     /// Every span received, with its resource.
     pub fn spans(&self) -> Vec<(Value, Value)> {
+        self.items("traces", "spans")
+    }
+
+    /// The `field` items of every `signal` request received, each with its resource.
+    fn items(&self, signal: &str, field: &str) -> Vec<(Value, Value)> {
         self.received()
             .into_iter()
-            .filter(|r| r["signal"] == "traces")
+            .filter(|r| r["signal"] == signal)
             .flat_map(|r| {
                 let res = r["resource"].clone();
-                r["spans"].as_array().cloned().unwrap_or_default().into_iter().map(move |x| (res.clone(), x))
+                r[field].as_array().cloned().unwrap_or_default().into_iter().map(move |x| (res.clone(), x))
             })
             .collect()
     }

@@ -26,6 +26,17 @@ mod server;
 pub use connections::ServerStats;
 pub use server::{bind, serve, Limits};
 
+/// Resolves on SIGTERM or SIGINT (logged): the servers' shutdown trigger. Never resolves when
+/// the SIGTERM handler cannot be installed, rather than shutting down at once.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
 /// Parses a listening address: `HOST:PORT`, or `:PORT` for every IPv4 interface (a clap value
 /// parser for the servers' `--address`).
 pub fn parse_address(s: &str) -> Result<std::net::SocketAddr, String> {

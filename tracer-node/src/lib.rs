@@ -216,7 +216,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Some(cert) => Some(cert.server_config()?),
         None => None,
     };
-    tracer_http::serve(http, server_tls, router(state), sizing.limits, http_stats, shutdown_signal()).await;
+    tracer_http::serve(http, server_tls, router(state), sizing.limits, http_stats, tracer_http::shutdown_signal())
+        .await;
     if let Some(t) = cert_watch {
         t.abort();
     }
@@ -236,17 +237,4 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = std::fs::remove_file(&config.registry_socket);
     info!("stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-    }
 }

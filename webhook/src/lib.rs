@@ -140,16 +140,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let listener = tracer_http::bind(address).map_err(|source| RunError::Listen { address, source })?;
     info!(%address, sidecar = state.settings.sidecar.is_some(), lenient = config.lenient, "webhook ready");
     let stats = Arc::new(tracer_http::ServerStats::default());
-    tracer_http::serve(listener, Some(tls), router(state), limits, stats, shutdown_signal()).await;
+    tracer_http::serve(listener, Some(tls), router(state), limits, stats, tracer_http::shutdown_signal()).await;
     watch.abort();
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-    }
 }

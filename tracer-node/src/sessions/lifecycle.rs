@@ -225,12 +225,7 @@ impl SessionManager {
                 .await
                 .map_err(|source| SessionError::Task { what: "stop", source })?;
         }
-        // The exporter hears of the stop first, then its queue closes: it sends the rest and
-        // ends the spans at the stop time, on its own time (a slow collector does not hold us).
-        if let Some(export) = s.lock().export.take() {
-            export.finish();
-        }
-        s.store.close_followers();
+        close_consumers(s);
         let stats = s.store.stats(false, 0, s.export.snapshot());
         info!(
             session = id,
@@ -243,6 +238,16 @@ impl SessionManager {
         );
         Ok(())
     }
+}
+
+/// A run's consumers are done once it ended: the exporter hears of the stop first, then its
+/// queue closes (it sends the rest and ends the spans at the stop time, on its own time: a slow
+/// collector does not hold us), and the followers' streams end.
+fn close_consumers(s: &Session) {
+    if let Some(export) = s.lock().export.take() {
+        export.finish();
+    }
+    s.store.close_followers();
 }
 
 /// Ends a built-in session's run, if it has one: the filter closed (no attachment writes to it
@@ -350,10 +355,7 @@ fn start_ftrace(
     if !tids.is_empty() {
         if let Err(e) = filter.commit(filter.push(&tids)) {
             end_ftrace_run(s, true);
-            if let Some(export) = s.lock().export.take() {
-                export.finish();
-            }
-            s.store.close_followers();
+            close_consumers(s);
             return Err(StartFailure::PidFilter(e));
         }
         // Threads forked between the first look and the filter write were not in the filter
