@@ -94,6 +94,15 @@ impl Bundle {
             "poststop": [hook_entry(node.hook_args("poststop"))],
         })
     }
+
+    /// The hooks with a createRuntime deadline of `ms` (the hook's default is 250 ms): for tests
+    /// of what must happen before the hook's answer (an auto-trace start), on a machine however
+    /// loaded, with the node's `--attach-budget-ms` set below it.
+    pub fn hooks_with_deadline(node: &Node, ms: u64) -> Value {
+        let mut hooks = Self::hooks_for(node);
+        hooks["createRuntime"][0]["args"].as_array_mut().expect("args").push(json!(format!("--deadline-ms={ms}")));
+        hooks
+    }
 }
 
 /// containerd-style Kubernetes annotations.

@@ -34,13 +34,18 @@ fn an_annotated_pod_is_traced_from_its_first_exec_and_its_session_goes_with_it()
     if !require(&["runc"]) {
         return;
     }
-    let node = Node::start_with(&["--auto-trace-retention-secs", "2"]).expect("tracer-node");
+    let node =
+        Node::start_with(&["--auto-trace-retention-secs", "2", "--attach-budget-ms", "900"]).expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("auto");
     let wish = [(ann::TRACE_HOOK, "trace_exec"), (ann::TRACE_CONTEXT, "auto e2e")];
     let (app, side) = (unique("ct-auto-app"), unique("ct-auto-side"));
-    let b1 = Bundle::new(&["sh", "-c", "sleep 1; exit 0"], &annotated(&pod, "app", &wish), Bundle::hooks_for(&node))
-        .expect("bundle");
+    let b1 = Bundle::new(
+        &["sh", "-c", "sleep 1; exit 0"],
+        &annotated(&pod, "app", &wish),
+        Bundle::hooks_with_deadline(&node, 1000),
+    )
+    .expect("bundle");
     rt.create(&app, &b1).expect("create");
     let init = rt.pid(&app).expect("pid");
     // Started before the hook answered: running while runc still holds the init before exec.
@@ -52,7 +57,8 @@ fn an_annotated_pod_is_traced_from_its_first_exec_and_its_session_goes_with_it()
     assert_eq!(s["TraceHook"], "trace_exec");
     let sid = s["Id"].as_str().expect("id").to_owned();
     // A second container of the pod joins the same session.
-    let b2 = Bundle::new(&["sleep", "1"], &annotated(&pod, "side", &wish), Bundle::hooks_for(&node)).expect("bundle");
+    let b2 = Bundle::new(&["sleep", "1"], &annotated(&pod, "side", &wish), Bundle::hooks_with_deadline(&node, 1000))
+        .expect("bundle");
     rt.create(&side, &b2).expect("create");
     let s = node.session(&sid).expect("session");
     assert_eq!(s["Containers"][&pod], serde_json::json!(["app", "side"]), "{s}");

@@ -465,14 +465,25 @@ fn an_auto_trace_session_is_exported_like_any_other() {
         return;
     }
     let receiver = Receiver::start().expect("receiver");
-    let node = Node::start_with(&["--otlp-endpoint", &receiver.grpc_url(), "--otlp-protocol", "grpc"]).expect("node");
+    // The start must be over before the hook's answer however loaded the machine: a long
+    // deadline and attach budget (at 150 ms under a loaded CI run the exec came first).
+    let node = Node::start_with(&[
+        "--otlp-endpoint",
+        &receiver.grpc_url(),
+        "--otlp-protocol",
+        "grpc",
+        "--attach-budget-ms",
+        "900",
+    ])
+    .expect("node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("otlp-auto");
     let mut annotations = containerd_annotations(&pod, "ns", "app");
     annotations.insert("container-tracer.io/trace-hook".into(), "trace_exec".into());
     let id = unique("ct-otlp-auto");
     let bundle =
-        Bundle::new(&["sh", "-c", "sleep 0.2; exit 0"], &annotations, Bundle::hooks_for(&node)).expect("bundle");
+        Bundle::new(&["sh", "-c", "sleep 0.2; exit 0"], &annotations, Bundle::hooks_with_deadline(&node, 1000))
+            .expect("bundle");
     rt.create(&id, &bundle).expect("create");
     rt.start(&id).expect("start");
     rt.keep(bundle);

@@ -338,7 +338,7 @@ fn the_stamps_reach_v1_pods_through_a_real_container() {
     let scratch = tempfile::tempdir().expect("scratch");
     let pod = deployment_pod(json!({ann::TRACE_HOOK: "trace_exec", ann::TRACE_CONTEXT: "from the webhook"}));
     let patched = apply_and_validate(&pod, &ask(&w, "n1", &pod), scratch.path());
-    let node = e2e::Node::start().expect("tracer-node");
+    let node = e2e::Node::start_with(&["--attach-budget-ms", "900"]).expect("tracer-node");
     let rt = e2e::Runtime::new("runc").expect("runc");
     let name = e2e::unique("web");
     let mut annotations = e2e::containerd_annotations(&name, "shop", "nginx");
@@ -346,7 +346,8 @@ fn the_stamps_reach_v1_pods_through_a_real_container() {
         annotations.insert(k.clone(), v.as_str().expect("string").to_owned());
     }
     let bundle =
-        e2e::Bundle::new(&["sh", "-c", "exec sleep 30"], &annotations, e2e::Bundle::hooks_for(&node)).expect("bundle");
+        e2e::Bundle::new(&["sh", "-c", "exec sleep 30"], &annotations, e2e::Bundle::hooks_with_deadline(&node, 1000))
+            .expect("bundle");
     let id = e2e::unique("ct-stamp");
     let created = std::time::Instant::now();
     rt.create(&id, &bundle).expect("create");
