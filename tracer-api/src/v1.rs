@@ -151,9 +151,18 @@ pub struct SessionInfo {
     /// The session id, decimal.
     #[serde(rename = "Id")]
     pub id: String,
-    /// The node the session runs on.
+    /// The node the session runs on. Through tracer-svc: every node it runs on, sorted and
+    /// joined with `,` (the key and its type kept for clients of one node; `Nodes` has the list).
     #[serde(rename = "Node")]
     pub node: String,
+    /// Extension (tracer-svc): the nodes the session runs on, sorted; absent from a node.
+    #[serde(rename = "Nodes", default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// Extension: the namespace the session is confined to, when its `pod` pattern names one
+    /// (`ns/web*`); absent when it may select pods of every namespace. Authorization of the
+    /// session's requests uses it.
+    #[serde(rename = "Namespace", default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Lines the hook returned when it started.
     #[serde(rename = "Output")]
     pub output: Option<Vec<String>>,

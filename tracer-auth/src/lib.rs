@@ -1,10 +1,12 @@
-//! Authentication shared by container-tracer's HTTP servers (tracer-node today; tracer-svc and
-//! the webhook next): the bearer token of a request, checked against tokens read from a file
-//! that is watched and reloaded when it changes.
+//! Authentication and authorization shared by container-tracer's v1 API servers (tracer-node
+//! and tracer-svc): the bearer token of a request, checked against tokens read from a file
+//! that is watched and reloaded when it changes, or by the Kubernetes API server; the request's
+//! caller, authorized per namespace; the axum middleware that does both.
 //!
 //! Tokens are secrets: they are never logged, and they are compared in time that does not
 //! depend on where a guess first differs.
 
+pub mod http;
 pub mod kubernetes;
 pub mod reload;
 mod token_file;

@@ -108,6 +108,14 @@ impl TokenFile {
         }
     }
 
+    /// The file's first token: the credential of a client that presents one (tracer-svc's
+    /// service-account token, projected and rotated by the kubelet, or `--node-token-file`).
+    pub fn first(&self) -> String {
+        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // Tokens are checked to be ASCII when loaded.
+        loaded.tokens.first().map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default()
+    }
+
     /// Reads the file again if it changed. A file that became unreadable or empty keeps the
     /// previous tokens (a half-written update must not lock every client out), loudly.
     pub fn reload_if_changed(&self) {
@@ -160,6 +168,7 @@ mod tests {
         assert_eq!(f.check("second"), Ok(()));
         assert_eq!(f.check("# operators"), Err(Unauthenticated::BadToken));
         assert_eq!(f.check("firs"), Err(Unauthenticated::BadToken));
+        assert_eq!(f.first(), "first");
 
         // A rotation: written aside and renamed over, as a Secret update does.
         let next = dir.path().join("tokens.new");
@@ -168,6 +177,7 @@ mod tests {
         f.reload_if_changed();
         assert_eq!(f.check("third"), Ok(()));
         assert_eq!(f.check("first"), Err(Unauthenticated::BadToken), "the old token is gone");
+        assert_eq!(f.first(), "third", "a client presents the rotated token");
 
         std::fs::write(&path, "").expect("truncate");
         f.reload_if_changed();

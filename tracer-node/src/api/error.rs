@@ -45,6 +45,17 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<tracer_auth::http::Refusal> for ApiError {
+    fn from(r: tracer_auth::http::Refusal) -> Self {
+        use tracer_auth::http::Refusal;
+        match r {
+            Refusal::Unauthenticated(why) => ApiError::Unauthenticated(why),
+            Refusal::Forbidden(m) => ApiError::Forbidden(m),
+            Refusal::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {

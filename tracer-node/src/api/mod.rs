@@ -1,6 +1,5 @@
 //! The v1 REST API of tracer-node (see `docs/api.md`) plus health endpoints.
 
-pub mod auth;
 pub mod error;
 pub mod pods;
 pub mod sessions;
@@ -21,6 +20,8 @@ use tracing::instrument;
 
 pub use self::error::ApiError;
 use crate::{registry::Registry, sessions::SessionManager};
+/// Authentication and per-namespace authorization, shared with tracer-svc.
+pub use tracer_auth::http as auth;
 
 /// What `--insecure-no-auth` on a non-loopback address means, at start-up and on `/readyz`.
 pub const INSECURE_WARNING: &str =

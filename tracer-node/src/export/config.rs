@@ -287,7 +287,7 @@ impl ExportArgs {
             Some(path) => {
                 let bad = |reason: String| ExportConfigError::Certificate { path: path.clone(), reason };
                 let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-                let n = super::transport::pem_certificates(&pem).len();
+                let n = tracer_tls::pem_certificates(&pem).len();
                 if n == 0 {
                     return Err(bad("no PEM certificate in the file".into()));
                 }

@@ -116,12 +116,6 @@ pub struct Transport {
     gzip: bool,
 }
 
-/// The certificates of a PEM file.
-pub fn pem_certificates(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect()
-}
-
 /// Largest response body read (a response carries at most a partial-success message).
 const MAX_RESPONSE: usize = 64 * 1024;
 
@@ -147,23 +141,13 @@ fn grpc_channel(uri: &Uri, cfg: &ExportConfig) -> Result<Channel, TransportError
 
 fn http_client(cfg: &ExportConfig) -> Result<HttpClient, TransportError> {
     let bad = |reason: String| TransportError { what: "HTTP client", reason };
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(pem) = &cfg.ca_pem {
-        roots.add_parsable_certificates(pem_certificates(pem));
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = tracer_tls::client_config(cfg.ca_pem.as_deref(), false).map_err(|e| bad(e.to_string()))?;
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(cfg.timeout));
     http.set_nodelay(true);
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(Arc::unwrap_or_clone(tls))
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);

@@ -124,6 +124,8 @@ impl SessionManager {
             error: st.error.clone(),
             id: s.id.to_string(),
             node: self.node.clone(),
+            nodes: None,
+            namespace: s.namespace().map(str::to_owned),
             output: st.output.clone(),
             running: st.run.is_some(),
             trace_hook: s.spec.trace_hook.clone(),

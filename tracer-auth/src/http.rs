@@ -1,5 +1,6 @@
-//! Who may call the API. The API hands out every system call of every container on the node,
-//! so everything but the health endpoints (and `/metrics`, unless asked) needs a valid bearer
+//! Who may call a v1 API server (tracer-node's, and tracer-svc's, which must authorize its
+//! callers exactly as a node would). The API hands out every system call of every container, so
+//! everything but the health endpoints (and `/metrics`, unless asked) needs a valid bearer
 //! token when an auth mode is configured. A missing or bad token is a 401 with
 //! `WWW-Authenticate: Bearer`; the token itself is never logged.
 //!
@@ -11,14 +12,51 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use axum::{
     extract::{Request, State},
-    http::header,
+    http::{header, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
+    Json,
 };
-use tracer_auth::{bearer, Attributes, KubernetesAuth, TokenFile, User};
 use tracing::debug;
 
-use super::ApiError;
+use crate::{bearer, Attributes, KubernetesAuth, TokenFile, Unauthenticated, User};
+
+/// Why a request is refused; each server maps it into its own API error.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// No valid credentials (401).
+    #[error(transparent)]
+    Unauthenticated(#[from] Unauthenticated),
+    /// Authenticated, but not allowed (403): the message names what is missing.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The API server could not be asked (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    /// The contract's `{"Error": ...}`, with the `WWW-Authenticate` challenge on a 401.
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = (status, Json(serde_json::json!({ "Error": self.to_string() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
 
 /// How requests are authenticated.
 #[derive(Debug, Clone, Default)]
@@ -50,10 +88,10 @@ impl Caller {
         resource: &'static str,
         subresource: Option<&'static str>,
         namespace: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Refusal> {
         let Caller::User(user, kube) = self else { return Ok(()) };
         let attrs = Attributes::Resource { verb, resource, subresource, namespace: namespace.map(str::to_owned) };
-        let decision = kube.authorize(user, &attrs).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let decision = kube.authorize(user, &attrs).await.map_err(|e| Refusal::Unavailable(e.to_string()))?;
         if decision.allowed {
             return Ok(());
         }
@@ -66,10 +104,10 @@ impl Caller {
             None => "in every namespace (cluster-wide)".to_owned(),
         };
         let reason = if decision.reason.is_empty() { String::new() } else { format!(" ({})", decision.reason) };
-        Err(ApiError::Forbidden(format!(
+        Err(Refusal::Forbidden(format!(
             "{} may not {verb} {what}.{} {scope}{reason}",
             user.name,
-            tracer_auth::kubernetes::GROUP
+            crate::kubernetes::GROUP
         )))
     }
 
@@ -81,7 +119,7 @@ impl Caller {
         resource: &'static str,
         subresource: Option<&'static str>,
         namespaces: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Option<BTreeSet<String>>, ApiError> {
+    ) -> Result<Option<BTreeSet<String>>, Refusal> {
         if self.check(verb, resource, subresource, None).await.is_ok() {
             return Ok(None);
         }
@@ -91,7 +129,7 @@ impl Caller {
                 Ok(()) => {
                     allowed.insert(ns.to_owned());
                 }
-                Err(ApiError::Forbidden(_)) => {}
+                Err(Refusal::Forbidden(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -130,8 +168,8 @@ pub async fn authenticate(State(policy): State<Arc<AuthPolicy>>, mut req: Reques
             Err(why) => Err(why.into()),
             Ok(t) => match kube.authenticate(&t).await {
                 Ok(Some(user)) => Ok(Caller::User(user, kube.clone())),
-                Ok(None) => Err(ApiError::Unauthenticated(tracer_auth::Unauthenticated::BadToken)),
-                Err(e) => Err(ApiError::Unavailable(e.to_string())),
+                Ok(None) => Err(Refusal::Unauthenticated(Unauthenticated::BadToken)),
+                Err(e) => Err(Refusal::Unavailable(e.to_string())),
             },
         },
     };
@@ -139,11 +177,7 @@ pub async fn authenticate(State(policy): State<Arc<AuthPolicy>>, mut req: Reques
         Ok(c) => c,
         Err(e) => {
             debug!(%path, reason = %e, "request refused: not authenticated");
-            let mut resp = e.into_response();
-            if resp.status() == axum::http::StatusCode::UNAUTHORIZED {
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            }
-            return resp;
+            return e.into_response();
         }
     };
     // `/metrics` behind auth is a path, not a resource, as kube-rbac-proxy checks it.
@@ -152,8 +186,8 @@ pub async fn authenticate(State(policy): State<Arc<AuthPolicy>>, mut req: Reques
             let attrs = Attributes::Path { verb: "get", path: "/metrics" };
             match kube.authorize(user, &attrs).await {
                 Ok(d) if d.allowed => {}
-                Ok(_) => return ApiError::Forbidden(format!("{} may not get /metrics", user.name)).into_response(),
-                Err(e) => return ApiError::Unavailable(e.to_string()).into_response(),
+                Ok(_) => return Refusal::Forbidden(format!("{} may not get /metrics", user.name)).into_response(),
+                Err(e) => return Refusal::Unavailable(e.to_string()).into_response(),
             }
         }
     }
