@@ -21,9 +21,11 @@ mod body;
 mod connections;
 pub mod fd_limit;
 mod io;
+mod json_errors;
 mod server;
 
 pub use connections::ServerStats;
+pub use json_errors::{json_errors, MAX_URI};
 pub use server::{bind, serve, Limits};
 
 /// Resolves on SIGTERM or SIGINT (logged): the servers' shutdown trigger. Never resolves when

@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(sessions::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::authenticate))
-        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn_with_state(sessions::MAX_BODY, tracer_http::json_errors))
         .with_state(state)
 }
 

@@ -270,17 +270,11 @@ pub struct SessionManager {
 }
 
 /// The namespace a pod pattern is confined to (see [`Session::namespace`]).
-pub fn namespace_of(pod_pattern: &str) -> Option<&str> {
-    let (ns, _) = pod_pattern.split_once('/')?;
-    (!ns.is_empty() && !ns.contains(['*', '?'])).then_some(ns)
-}
+pub use tracer_spec::session::namespace_of;
 
 /// Parses a session id.
 pub fn parse_id(s: &str) -> Result<u64, SessionError> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SessionError::BadId(s.chars().take(64).collect()));
-    }
-    s.parse().map_err(|_| SessionError::BadId(s.to_owned()))
+    tracer_spec::session::parse_id(s).ok_or_else(|| SessionError::BadId(s.chars().take(64).collect()))
 }
 
 fn check_pattern(what: &str, p: &str) -> Result<(), SessionError> {
