@@ -22,6 +22,7 @@ pub mod podman;
 pub mod poller;
 pub mod runtime;
 pub mod standin;
+pub mod svc;
 pub mod webhook;
 
 pub use bundle::*;
@@ -103,6 +104,12 @@ pub fn get_json(url: &str) -> Result<Value> {
         bail!("GET {url}: {status}: {body}");
     }
     serde_json::from_str(&body).with_context(|| format!("GET {url}: not JSON: {body}"))
+}
+
+/// GET `url` and answer the body as text, whatever the status.
+pub fn get_text(url: &str) -> String {
+    let mut resp = agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    resp.body_mut().read_to_string().unwrap_or_default()
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
