@@ -36,15 +36,53 @@ impl KubeStandIn {
 
     /// A kubeconfig in `dir` aimed at it, with a token of the node's own.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        self.kubeconfig_in(dir, None)
+    }
+
+    /// A kubeconfig whose context has `namespace` (the client's default namespace).
+    pub fn kubeconfig_in(&self, dir: &std::path::Path, namespace: Option<&str>) -> std::path::PathBuf {
         let path = dir.join("kubeconfig");
+        let ns = namespace.map(|n| format!("\n    namespace: {n}")).unwrap_or_default();
         let config = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://127.0.0.1:{}\n\
              users:\n- name: node\n  user:\n    token: node-sa-token\ncontexts:\n- name: standin\n  context:\n    \
-             cluster: standin\n    user: node\ncurrent-context: standin\n",
+             cluster: standin\n    user: node{ns}\ncurrent-context: standin\n",
             self.port
         );
         std::fs::write(&path, config).expect("kubeconfig");
         path
+    }
+
+    fn control(&self, path: &str, body: &serde_json::Value) {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let resp = agent().post(&url).send(body.to_string()).expect("stand-in control");
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+
+    /// Adds, changes (`MODIFIED`) or removes (`DELETED`) an EndpointSlice; open watches see it.
+    pub fn endpoint_slice(&self, change: &str, slice: &serde_json::Value) {
+        self.control("/_standin/endpointslices", &serde_json::json!({"type": change, "object": slice}));
+    }
+
+    /// Ends every open watch (a dropped connection: the client resumes from its version).
+    pub fn break_watches(&self) {
+        self.control("/_standin/break", &serde_json::json!({}));
+    }
+
+    /// Ends every open watch and forgets the versions before now (a resumed watch gets 410
+    /// Expired and must list again).
+    pub fn expire(&self) {
+        self.control("/_standin/expire", &serde_json::json!({}));
+    }
+
+    /// The GETs it was asked, as logged (`{"method", "path", "query"}`).
+    pub fn gets(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["method"] == "GET")
+            .collect()
     }
 }
 

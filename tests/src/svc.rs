@@ -79,14 +79,28 @@ impl Svc {
 
     /// `method path` with an optional JSON body.
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        self.call_as(None, method, path, body)
+    }
+
+    /// `method path` with a bearer token (when given) and an optional JSON body.
+    pub fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<&str>) -> Answer {
         let url = format!("{}{path}", self.url);
         let agent = agent();
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let with = |r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &auth {
+            Some(a) => r.header("Authorization", a),
+            None => r,
+        };
+        let with_body = |r: ureq::RequestBuilder<ureq::typestate::WithBody>| match &auth {
+            Some(a) => r.header("Authorization", a),
+            None => r,
+        };
         let started = Instant::now();
         let resp = match (method, body) {
-            ("GET", _) => agent.get(&url).call(),
-            ("DELETE", _) => agent.delete(&url).call(),
-            ("POST", b) => agent.post(&url).content_type("application/json").send(b.unwrap_or("")),
-            (_, b) => agent.put(&url).content_type("application/json").send(b.unwrap_or("")),
+            ("GET", _) => with(agent.get(&url)).call(),
+            ("DELETE", _) => with(agent.delete(&url)).call(),
+            ("POST", b) => with_body(agent.post(&url)).content_type("application/json").send(b.unwrap_or("")),
+            (_, b) => with_body(agent.put(&url)).content_type("application/json").send(b.unwrap_or("")),
         };
         let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_text()));
         let status = resp.status().as_u16();

@@ -74,19 +74,19 @@ pub fn spawn(
         let mut events = reflector(writer, watcher(api, config)).default_backoff().boxed();
         info!(namespace = %target.namespace, selector = %selector, "watching the tracer-node EndpointSlices");
         while let Some(event) = events.next().await {
-            match event {
+            let initial_list_done = match event {
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
-                Ok(watcher::Event::InitDone) => {
-                    membership.mark_synced();
-                }
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {}
+                Ok(watcher::Event::InitDone) => true,
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => false,
                 Err(e) => {
                     metrics.discovery_errors.inc();
                     warn!(error = %e, known = membership.current().len(), "the EndpointSlice watch failed; keeping the known nodes and retrying");
                     continue;
                 }
-            }
-            if !membership.is_synced() {
+            };
+            // The reflector's store is complete from the first list's end; until then (and
+            // during a re-list) the known nodes stay as they are.
+            if !initial_list_done && !membership.is_synced() {
                 continue;
             }
             let nodes = nodes_of(&reader.state(), &target);
@@ -95,6 +95,8 @@ pub fn spawn(
                 let names: Vec<String> = membership.current().iter().map(|n| n.name.clone()).collect();
                 info!(nodes = count, names = ?names, "tracer-nodes changed");
             }
+            // Ready only with the list in place, so /readyz never shows a synced empty list.
+            membership.mark_synced();
         }
         warn!("the EndpointSlice watch ended");
     })
