@@ -4,7 +4,7 @@
 use caps::{CapSet, Capability};
 
 /// A needed capability and why.
-const NEEDED: &[(Capability, &str)] = &[
+pub const NEEDED: &[(Capability, &str)] = &[
     (Capability::CAP_SYS_ADMIN, "mount tracefs and create ftrace instances"),
     (Capability::CAP_DAC_OVERRIDE, "write tracefs control files and the root-only registry socket and spool"),
     (Capability::CAP_SYS_PTRACE, "read other processes' /proc entries and open pidfds across users"),
