@@ -119,3 +119,43 @@ fn a_namespace_scoped_caller_sees_and_traces_only_its_namespaces_on_every_node()
     assert_eq!(direct.0, 401);
     drop(standins);
 }
+
+/// Nodes over TLS: tracer-svc trusts only `--node-ca-file` for them and checks the name they
+/// share (`--node-tls-server-name`, the headless Service's), whatever address it dials.
+#[test]
+fn node_certificates_are_verified_against_the_node_ca_and_the_shared_name() {
+    if !require(&["openssl"]) {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("ct-svctls-").tempdir().expect("dir");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tracer-certs.sh");
+    let made = std::process::Command::new(script).arg(dir.path()).output().expect("tracer-certs.sh");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let file = |n: &str| dir.path().join(n).to_str().expect("path").to_owned();
+    let node =
+        Node::start_with(&["--tls-cert", &file("node.crt"), "--tls-key", &file("node.key")]).expect("tracer-node");
+    let url = format!("https://127.0.0.1:{}", node.port());
+    let name = "container-tracer-backend.container-tracer.svc";
+
+    let good = Svc::start(&[&url], &["--node-ca-file", &file("ca.crt"), "--node-tls-server-name", name]).expect("svc");
+    let a = good.call("GET", "/v1/pods", None);
+    assert_eq!((a.status, a.missing.len()), (200, 0), "{a:?}");
+
+    // The certificate is not for 127.0.0.1: without the shared name the node is refused.
+    let no_name = Svc::start(&[&url], &["--node-ca-file", &file("ca.crt")]).expect("svc");
+    let a = no_name.call("GET", "/v1/pods", None);
+    assert_eq!(a.status, 502, "{a:?}");
+    assert_eq!(a.missing, vec![format!("127.0.0.1:{}", node.port())]);
+    assert!(a.body["Error"].as_str().is_some_and(|e| e.contains("certificate")), "{a:?}");
+
+    // Another CA's certificate is not trusted, even with the right name.
+    let other = tempfile::Builder::new().prefix("ct-svctls-").tempdir().expect("dir");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tracer-certs.sh");
+    assert!(std::process::Command::new(script).arg(other.path()).output().expect("certs").status.success());
+    let other_ca = other.path().join("ca.crt");
+    let wrong = Svc::start(&[&url], &["--node-ca-file", other_ca.to_str().expect("p"), "--node-tls-server-name", name])
+        .expect("svc");
+    let a = wrong.call("GET", "/v1/pods", None);
+    assert_eq!(a.status, 502, "{a:?}");
+    assert!(a.body["Error"].as_str().is_some_and(|e| e.contains("certificate")), "{a:?}");
+}
