@@ -72,6 +72,11 @@ impl Svc {
         bail!("tracer-svc not ready within 20 s:\n{}", svc.log_text())
     }
 
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()

@@ -71,6 +71,15 @@ impl Reply {
         serde_json::from_slice(&self.body).map_err(|e| NodeError::BadAnswer(format!("not the API's JSON: {e}")))
     }
 
+    /// The body when the status is a success; an error status as [`NodeError::Status`].
+    pub fn success(self) -> Result<bytes::Bytes, NodeError> {
+        if self.status.is_success() {
+            Ok(self.body)
+        } else {
+            Err(self.into_error())
+        }
+    }
+
     /// The node's `{"Error": ...}` text, or the start of its body.
     pub fn error_message(&self) -> String {
         error_message(&self.body)

@@ -4,15 +4,20 @@ use std::time::Instant;
 
 use axum::{
     extract::State,
-    http::Method,
+    http::{header, Method},
     response::{IntoResponse, Response},
     Extension, Json,
 };
-use tracer_api::v1::{Pods, TraceHooks};
+use tracer_api::v1::TraceHooks;
 use tracer_auth::http::Caller;
+use tracing::warn;
 
 use super::{no_answer, ApiError, AppState};
-use crate::{fanout::fan_out, fanout::Missing, merge};
+use crate::{
+    client::NodeError,
+    fanout::{fan_out, Missing},
+    merge::{self, pods::PodsIndex},
+};
 
 pub(super) async fn get_pods(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
     let started = Instant::now();
@@ -23,28 +28,36 @@ pub(super) async fn get_pods(State(state): State<AppState>, Extension(caller): E
 
 async fn pods(state: &AppState, caller: &Caller, missing: &mut Missing) -> Result<Response, ApiError> {
     let nodes = state.targets()?;
-    let f = fan_out(&nodes, &state.metrics, "pods", |n| {
+    let mut f = fan_out(&nodes, &state.metrics, "pods", |n| {
         let client = state.client.clone();
-        async move { client.call(&n, Method::GET, "/v1/pods", None).await?.json::<Pods>() }
+        async move { client.call(&n, Method::GET, "/v1/pods", None).await?.success() }
     })
     .await;
+    let bodies = std::mem::take(&mut f.answered);
+    let mut index = PodsIndex::new();
+    for (node, body) in &bodies {
+        if let Err(e) = merge::pods::add(&mut index, body) {
+            let e = NodeError::BadAnswer(format!("not the API's /v1/pods: {e}"));
+            state.metrics.node_call(&node.name, crate::metrics::CallResult::Error);
+            warn!(node = %node.name, url = %node.url, request = "pods", error = %e, "node left out of the answer");
+            f.failed.push((node.clone(), e));
+        }
+    }
     f.note_missing(missing);
-    if f.none_answered() {
+    if f.failed.len() == nodes.len() {
         return Err(no_answer(&f));
     }
-    let mut pods = merge::pods(f.answered.into_iter().map(|(_, p)| p));
     // A namespace-scoped caller sees the pods of its namespaces only, as on a node.
-    let namespaces: Vec<String> =
-        pods.values().flat_map(|p| p.containers.values().map(|c| c.namespace.clone())).collect();
+    let namespaces: Vec<String> = index.namespaces().into_iter().map(str::to_owned).collect();
     if let Some(allowed) =
         caller.namespaces_allowed("list", "pods", None, namespaces.iter().map(String::as_str)).await?
     {
         if allowed.is_empty() {
             caller.check("list", "pods", None, None).await?;
         }
-        pods.retain(|_, p| p.containers.values().all(|c| allowed.contains(&c.namespace)));
+        index.retain(|ns| allowed.contains(ns));
     }
-    Ok(Json(pods).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], index.to_json()).into_response())
 }
 
 pub(super) async fn get_trace_hooks(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {

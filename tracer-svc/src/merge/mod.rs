@@ -1,34 +1,12 @@
 //! How the nodes' answers become one answer in the contract's shape (documented in
 //! `docs/api.md`, "Through tracer-svc").
 
+pub mod pods;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
-use tracer_api::v1::{pod_key, Pod, Pods, Provider, SessionInfo, SessionStats, Sessions, TraceHooks};
-
-/// The union of the nodes' `/v1/pods`. A pod runs on one node, so pods only add up; keys are
-/// made again over the union as a node makes them: the bare pod name, or `<namespace>/<pod>`
-/// for every pod whose name is used in two namespaces anywhere in the cluster.
-pub fn pods(parts: impl IntoIterator<Item = Pods>) -> Pods {
-    let mut by_pod: BTreeMap<(String, String), Pod> = BTreeMap::new();
-    for part in parts {
-        for (key, pod) in part {
-            for (name, c) in pod.containers {
-                // A node's key is `<pod>` or `<ns>/<pod>`; the container says which pod it is.
-                let pod_name =
-                    if c.pod.is_empty() { key.rsplit('/').next().unwrap_or(&key).to_owned() } else { c.pod.clone() };
-                by_pod.entry((c.namespace.clone(), pod_name)).or_default().containers.insert(name, c);
-            }
-        }
-    }
-    let mut namespaces_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (ns, pod) in by_pod.keys() {
-        namespaces_of.entry(pod.as_str()).or_default().insert(ns.as_str());
-    }
-    let qualified: BTreeSet<String> =
-        namespaces_of.into_iter().filter(|(_, ns)| ns.len() > 1).map(|(p, _)| p.to_owned()).collect();
-    by_pod.into_iter().map(|((ns, pod), v)| (pod_key(&ns, &pod, qualified.contains(&pod)), v)).collect()
-}
+use tracer_api::v1::{Provider, SessionInfo, SessionStats, Sessions, TraceHooks};
 
 /// The union of the nodes' providers, in the order first seen; a provider's hooks are the
 /// union of its hooks on every node (the first node's description of a hook wins).
@@ -134,7 +112,7 @@ pub fn stats(parts: impl IntoIterator<Item = (String, SessionStats)>) -> Cluster
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_api::v1::{Container, TraceHook};
+    use tracer_api::v1::{pod_key, Container, Pods, TraceHook};
 
     fn container(ns: &str, pod: &str, name: &str) -> Container {
         Container {
@@ -167,11 +145,30 @@ mod tests {
         let a = pods_of(&[("team-a", "web", "nginx"), ("team-a", "db", "pg")], false);
         let b = pods_of(&[("team-b", "web", "nginx")], false);
         let c = pods_of(&[("team-c", "cache", "redis"), ("team-d", "cache", "redis")], true);
-        let merged = pods([a, b, c]);
+        // The same pod seen by two nodes (names clash outside Kubernetes): containers united.
+        let d = pods_of(&[("team-a", "db", "backup")], false);
+        let bodies: Vec<Vec<u8>> = [a, b, c, d].iter().map(|p| serde_json::to_vec(p).expect("json")).collect();
+        let mut index = pods::PodsIndex::new();
+        for body in &bodies {
+            pods::add(&mut index, body).expect("a node's answer");
+        }
+        let merged: Pods = serde_json::from_slice(&index.to_json()).expect("merged is /v1/pods");
         let keys: Vec<&str> = merged.keys().map(String::as_str).collect();
         assert_eq!(keys, ["db", "team-a/web", "team-b/web", "team-c/cache", "team-d/cache"]);
         assert_eq!(merged["team-b/web"].containers["nginx"].namespace, "team-b");
-        assert!(pods(Vec::new()).is_empty());
+        assert_eq!(merged["db"].containers.len(), 2, "pg and backup");
+        assert_eq!(index.namespaces().len(), 4);
+        index.retain(|ns| ns == "team-a");
+        let scoped: Pods = serde_json::from_slice(&index.to_json()).expect("json");
+        assert_eq!(
+            scoped.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["db", "web"],
+            "keys made over what is shown"
+        );
+        assert_eq!(pods::PodsIndex::new().to_json(), b"{}");
+        let mut bad = pods::PodsIndex::new();
+        assert!(pods::add(&mut bad, br#"{"x": {"Containers": 1}}"#).is_err());
+        assert!(pods::add(&mut bad, b"[]").is_err());
     }
 
     fn hook(name: &str, text: &str) -> (String, TraceHook) {
