@@ -70,6 +70,52 @@ pub enum Auth {
     Kubernetes(Arc<KubernetesAuth>),
 }
 
+/// Why the auth mode the flags ask for cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The token file is unusable (a configuration error).
+    #[error(transparent)]
+    TokenFile(#[from] crate::TokenFileError),
+    /// No Kubernetes API to check tokens with.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::KubernetesAuthError),
+}
+
+impl Auth {
+    /// The mode of a server's flags: bearer tokens from `token_file`, else the Kubernetes API
+    /// when `kubernetes`, else none (the servers refuse none on a non-loopback address unless
+    /// told so).
+    pub async fn from_flags(token_file: Option<&std::path::Path>, kubernetes: bool) -> Result<Self, AuthSetupError> {
+        Ok(match token_file {
+            Some(path) => Auth::Tokens(TokenFile::open(path)?),
+            None if kubernetes => Auth::Kubernetes(Arc::new(KubernetesAuth::from_environment().await?)),
+            None => Auth::Open,
+        })
+    }
+
+    /// Warns about what serving `address` this way exposes: no authentication off loopback
+    /// (`open_warning`, which `/readyz` repeats; answered true then), or tokens in clear text.
+    pub fn warn_exposure(&self, address: std::net::SocketAddr, tls: bool, open_warning: &str) -> bool {
+        let loopback = address.ip().is_loopback();
+        let open = matches!(self, Auth::Open);
+        if open && !loopback {
+            tracing::warn!(%address, "{open_warning}");
+        }
+        if !tls && !open && !loopback {
+            tracing::warn!(%address, "bearer tokens cross the network in clear text: give --tls-cert and --tls-key");
+        }
+        open && !loopback
+    }
+
+    /// The task that re-reads the token file when it changes (none for the other modes).
+    pub fn watch(&self) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Auth::Tokens(t) => Some(crate::reload::watch(t)),
+            Auth::Open | Auth::Kubernetes(_) => None,
+        }
+    }
+}
+
 /// Who is calling, as the handlers see it.
 #[derive(Debug, Clone)]
 pub enum Caller {

@@ -75,3 +75,30 @@ pub async fn json_errors(State(max_body): State<usize>, request: Request, next: 
     }
     out
 }
+
+/// Why a JSON request body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than the limit (413).
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// Unreadable or not the JSON expected (400).
+    #[error("{0}")]
+    Bad(String),
+}
+
+/// Parses a JSON request body, whatever its content type (curl users often leave it out);
+/// `max` is the router's body limit, named in the 413.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    max: usize,
+) -> Result<T, BodyError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            BodyError::TooLarge(max)
+        } else {
+            BodyError::Bad(format!("cannot read request body: {r}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| BodyError::Bad(format!("malformed JSON body: {e}")))
+}

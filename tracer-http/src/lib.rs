@@ -25,7 +25,7 @@ mod json_errors;
 mod server;
 
 pub use connections::ServerStats;
-pub use json_errors::{json_errors, MAX_URI};
+pub use json_errors::{json_body, json_errors, BodyError, MAX_URI};
 pub use server::{bind, serve, Limits};
 
 /// Resolves on SIGTERM or SIGINT (logged): the servers' shutdown trigger. Never resolves when

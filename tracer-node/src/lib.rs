@@ -51,12 +51,9 @@ pub enum RunError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] tracer_tls::TlsError),
-    /// No Kubernetes API to check tokens with.
+    /// The token file is unusable, or there is no Kubernetes API to check tokens with.
     #[error(transparent)]
-    KubernetesAuth(#[from] tracer_auth::KubernetesAuthError),
-    /// The token file is unusable.
-    #[error(transparent)]
-    Auth(#[from] tracer_auth::TokenFileError),
+    Auth(#[from] tracer_auth::http::AuthSetupError),
     /// The OTLP exporter could not be set up.
     #[error(transparent)]
     Export(#[from] export::transport::TransportError),
@@ -74,7 +71,13 @@ pub enum RunError {
 impl RunError {
     /// Whether the error is the operator's configuration (exit 64) rather than the host.
     pub fn is_config(&self) -> bool {
-        matches!(self, RunError::Config(_) | RunError::Export(_) | RunError::Auth(_) | RunError::Tls(_))
+        matches!(
+            self,
+            RunError::Config(_)
+                | RunError::Export(_)
+                | RunError::Auth(tracer_auth::http::AuthSetupError::TokenFile(_))
+                | RunError::Tls(_)
+        )
     }
 }
 
@@ -82,13 +85,7 @@ impl RunError {
 pub async fn run(config: Config) -> Result<(), RunError> {
     config.validate()?;
     // A token file that cannot be used is a configuration error, found before anything is touched.
-    let auth = match &config.auth_token_file {
-        Some(path) => api::auth::Auth::Tokens(tracer_auth::TokenFile::open(path)?),
-        None if config.auth_kubernetes => {
-            api::auth::Auth::Kubernetes(Arc::new(tracer_auth::KubernetesAuth::from_environment().await?))
-        }
-        None => api::auth::Auth::Open,
-    };
+    let auth = api::auth::Auth::from_flags(config.auth_token_file.as_deref(), config.auth_kubernetes).await?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tracer_tls::ReloadingCert::open(cert, key)?),
         _ => None,
@@ -165,17 +162,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         })??
     };
 
-    let token_watch = match &auth {
-        api::auth::Auth::Tokens(t) => Some(tracer_auth::reload::watch(t)),
-        api::auth::Auth::Open | api::auth::Auth::Kubernetes(_) => None,
-    };
-    let insecure = matches!(auth, api::auth::Auth::Open) && !config.address.ip().is_loopback();
-    if insecure {
-        warn!(address = %config.address, "{}", api::INSECURE_WARNING);
-    }
-    if tls.is_none() && !matches!(auth, api::auth::Auth::Open) && !config.address.ip().is_loopback() {
-        warn!(address = %config.address, "bearer tokens cross the network in clear text: give --tls-cert and --tls-key");
-    }
+    let token_watch = auth.watch();
+    let insecure = auth.warn_exposure(config.address, tls.is_some(), api::INSECURE_WARNING);
     let policy = Arc::new(api::auth::AuthPolicy { auth, protect_metrics: config.auth_metrics });
     let sizing = http_limits::size(&config, fd, sessions.cpus());
     if sizing.starved {

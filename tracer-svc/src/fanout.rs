@@ -19,26 +19,32 @@ use crate::{
 /// The response header that names the nodes an answer is missing, comma-separated.
 pub const MISSING_NODES: &str = "x-tracer-missing-nodes";
 
-/// The nodes left out of one answer.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Missing(Vec<String>);
+/// The nodes left out of one answer, gathered while it is made (shared by reference with the
+/// code making it; never held across an await).
+#[derive(Debug, Default)]
+pub struct Missing(std::sync::Mutex<Vec<String>>);
 
 impl Missing {
+    fn names_mut(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Adds a node.
-    pub fn add(&mut self, node: &NodeEndpoint) {
-        if !self.0.contains(&node.name) {
-            self.0.push(node.name.clone());
+    pub fn add(&self, node: &NodeEndpoint) {
+        let mut names = self.names_mut();
+        if !names.contains(&node.name) {
+            names.push(node.name.clone());
         }
     }
 
     /// Whether no node is missing.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.names_mut().is_empty()
     }
 
     /// The names, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut n = self.0.clone();
+        let mut n = self.names_mut().clone();
         n.sort();
         n
     }
@@ -69,7 +75,7 @@ pub struct Fanout<T> {
 
 impl<T> Fanout<T> {
     /// Names the failed nodes in `missing`.
-    pub fn note_missing(&self, missing: &mut Missing) {
+    pub fn note_missing(&self, missing: &Missing) {
         for (n, _) in &self.failed {
             missing.add(n);
         }

@@ -15,7 +15,7 @@ pub mod nodes;
 
 use std::{path::Path, sync::Arc};
 
-use tracing::{info, warn};
+use tracing::info;
 
 pub use api::{router, AppState};
 pub use config::Config;
@@ -27,12 +27,12 @@ pub enum RunError {
     /// The flags.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// A token file.
+    /// The callers' auth (a token file, `--auth-kubernetes` without a reachable API).
     #[error(transparent)]
-    TokenFile(#[from] tracer_auth::TokenFileError),
-    /// `--auth-kubernetes` without a reachable API.
+    Auth(#[from] tracer_auth::http::AuthSetupError),
+    /// The node token file.
     #[error(transparent)]
-    KubernetesAuth(#[from] tracer_auth::KubernetesAuthError),
+    NodeToken(#[from] tracer_auth::TokenFileError),
     /// The serving certificate.
     #[error(transparent)]
     Tls(#[from] tracer_tls::TlsError),
@@ -102,13 +102,7 @@ fn node_token(config: &Config) -> Result<Option<Arc<tracer_auth::TokenFile>>, Ru
 /// Runs tracer-svc until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), RunError> {
     config.validate()?;
-    let auth = match &config.auth_token_file {
-        Some(path) => Auth::Tokens(tracer_auth::TokenFile::open(path)?),
-        None if config.auth_kubernetes => {
-            Auth::Kubernetes(Arc::new(tracer_auth::KubernetesAuth::from_environment().await?))
-        }
-        None => Auth::Open,
-    };
+    let auth = Auth::from_flags(config.auth_token_file.as_deref(), config.auth_kubernetes).await?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tracer_tls::ReloadingCert::open(cert, key)?),
         _ => None,
@@ -134,19 +128,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         // A projected service-account token is rotated by the kubelet.
         watches.push(tracer_auth::reload::watch(t));
     }
-    if let Auth::Tokens(t) = &auth {
-        watches.push(tracer_auth::reload::watch(t));
-    }
+    watches.extend(auth.watch());
     if let Some(cert) = &tls {
         watches.push(tracer_auth::reload::watch(cert));
     }
-    let insecure = matches!(auth, Auth::Open) && !config.address.ip().is_loopback();
-    if insecure {
-        warn!(address = %config.address, "{}", api::INSECURE_WARNING);
-    }
-    if tls.is_none() && !matches!(auth, Auth::Open) && !config.address.ip().is_loopback() {
-        warn!(address = %config.address, "bearer tokens cross the network in clear text: give --tls-cert and --tls-key");
-    }
+    let insecure = auth.warn_exposure(config.address, tls.is_some(), api::INSECURE_WARNING);
     let state = AppState {
         nodes,
         client,

@@ -46,16 +46,9 @@ impl From<SessionError> for ApiError {
     }
 }
 
-/// Parses a JSON body, whatever its content type (curl users often leave it out).
+/// Parses a JSON body with the router's limit.
 fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!("request body larger than {MAX_BODY} bytes"))
-        } else {
-            ApiError::BadRequest(format!("cannot read request body: {r}"))
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    Ok(tracer_http::json_body(body, MAX_BODY)?)
 }
 
 pub(super) async fn get_trace_hooks(

@@ -47,6 +47,15 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<tracer_http::BodyError> for ApiError {
+    fn from(e: tracer_http::BodyError) -> Self {
+        match e {
+            tracer_http::BodyError::TooLarge(_) => ApiError::TooLarge(e.to_string()),
+            tracer_http::BodyError::Bad(m) => ApiError::BadRequest(m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {

@@ -6,7 +6,7 @@
 //! everywhere). The caller reading slowly slows the node streams through TCP, and each node
 //! accounts for what its follower missed (`events_dropped`).
 
-use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
@@ -48,13 +48,12 @@ pub(super) async fn get_events(
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = match query {
-        Ok(Query(q)) => events(&state, &caller, &id, q.follow, &mut missing).await,
-        Err(e) => Err(ApiError::BadRequest(format!("bad query: {e}"))),
+    let missing = Missing::default();
+    let make = async {
+        let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+        events(&state, &caller, &id, q.follow, &missing).await
     };
-    state.finish("events", started, &missing, result)
+    state.answer("events", &missing, make).await
 }
 
 async fn events(
@@ -62,7 +61,7 @@ async fn events(
     caller: &Caller,
     id: &str,
     follow: bool,
-    missing: &mut Missing,
+    missing: &Missing,
 ) -> Result<Response, ApiError> {
     let id =
         tracer_spec::session::parse_id(id).ok_or_else(|| ApiError::BadRequest(format!("invalid session id {id:?}")))?;

@@ -62,14 +62,16 @@ impl AppState {
         Ok(nodes)
     }
 
-    /// The answer: `result` with the missing nodes' header, timed and counted.
-    fn finish(
+    /// Makes the answer to an `endpoint` request with `make` (which names the nodes it leaves
+    /// out in `missing`): its result with the missing nodes' header, timed and counted.
+    async fn answer(
         &self,
         endpoint: &'static str,
-        started: Instant,
         missing: &Missing,
-        result: Result<Response, ApiError>,
+        make: impl std::future::Future<Output = Result<Response, ApiError>>,
     ) -> Response {
+        let started = Instant::now();
+        let result = make.await;
         self.metrics.answered(endpoint, started.elapsed().as_secs_f64(), !missing.is_empty());
         missing.stamp(result.unwrap_or_else(IntoResponse::into_response))
     }

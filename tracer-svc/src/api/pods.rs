@@ -1,7 +1,5 @@
 //! `GET /v1/pods` and `GET /v1/trace-hooks`: the union over every node.
 
-use std::time::Instant;
-
 use axum::{
     extract::State,
     http::{header, Method},
@@ -20,13 +18,11 @@ use crate::{
 };
 
 pub(super) async fn get_pods(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = pods(&state, &caller, &mut missing).await;
-    state.finish("pods", started, &missing, result)
+    let missing = Missing::default();
+    state.answer("pods", &missing, pods(&state, &caller, &missing)).await
 }
 
-async fn pods(state: &AppState, caller: &Caller, missing: &mut Missing) -> Result<Response, ApiError> {
+async fn pods(state: &AppState, caller: &Caller, missing: &Missing) -> Result<Response, ApiError> {
     let nodes = state.targets()?;
     let mut f = fan_out(&nodes, &state.metrics, "pods", |n| {
         let client = state.client.clone();
@@ -61,13 +57,11 @@ async fn pods(state: &AppState, caller: &Caller, missing: &mut Missing) -> Resul
 }
 
 pub(super) async fn get_trace_hooks(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = trace_hooks(&state, &caller, &mut missing).await;
-    state.finish("trace-hooks", started, &missing, result)
+    let missing = Missing::default();
+    state.answer("trace-hooks", &missing, trace_hooks(&state, &caller, &missing)).await
 }
 
-async fn trace_hooks(state: &AppState, caller: &Caller, missing: &mut Missing) -> Result<Response, ApiError> {
+async fn trace_hooks(state: &AppState, caller: &Caller, missing: &Missing) -> Result<Response, ApiError> {
     caller.check("list", "trace-hooks", None, None).await?;
     let nodes = state.targets()?;
     let f = fan_out(&nodes, &state.metrics, "trace-hooks", |n| {

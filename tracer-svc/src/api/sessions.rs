@@ -2,7 +2,7 @@
 //! tracer-svc picks it and creates the session with it on each node at once. Requests about an
 //! id go to the nodes that have it; nothing that starts a session is ever sent twice.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::collections::BTreeMap;
 
 use axum::{
     body::Bytes,
@@ -24,16 +24,9 @@ use crate::{
     nodes::NodeEndpoint,
 };
 
-/// Parses a JSON body, whatever its content type (curl users often leave it out).
+/// Parses a JSON body with the router's limit.
 fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!("request body larger than {MAX_BODY} bytes"))
-        } else {
-            ApiError::BadRequest(format!("cannot read request body: {r}"))
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    Ok(tracer_http::json_body(body, MAX_BODY)?)
 }
 
 /// A session id of the path, as a node checks it.
@@ -59,7 +52,7 @@ pub(super) struct Located {
 
 /// Asks every node for session `id`. A 404 means "not here"; no holder among the nodes that
 /// answered is a 404 (with the others named missing), no answer at all a 502/504.
-pub(super) async fn locate(state: &AppState, id: u64, missing: &mut Missing) -> Result<Located, ApiError> {
+pub(super) async fn locate(state: &AppState, id: u64, missing: &Missing) -> Result<Located, ApiError> {
     let nodes = state.targets()?;
     let path = format!("/v1/trace-session/{id}");
     let f = fan_out(&nodes, &state.metrics, "trace-session", |n| {
@@ -94,17 +87,15 @@ pub(super) async fn post_session(
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = create(&state, &caller, body, &mut missing).await;
-    state.finish("create", started, &missing, result)
+    let missing = Missing::default();
+    state.answer("create", &missing, create(&state, &caller, body, &missing)).await
 }
 
 async fn create(
     state: &AppState,
     caller: &Caller,
     body: Result<Bytes, BytesRejection>,
-    missing: &mut Missing,
+    missing: &Missing,
 ) -> Result<Response, ApiError> {
     let mut spec: NewSession = json_body(body)?;
     // The same check a node makes: a pattern naming one namespace needs rights there only.
@@ -139,7 +130,7 @@ async fn create(
 fn created(
     mut f: crate::fanout::Fanout<Result<SessionInfo, String>>,
     id: u64,
-    missing: &mut Missing,
+    missing: &Missing,
 ) -> Result<Response, ApiError> {
     let mut made = Vec::new();
     let mut not_here = Vec::new();
@@ -179,24 +170,25 @@ pub(super) async fn get_session(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = if id == "all" {
-        list(&state, &caller, &mut missing).await
-    } else {
-        one(&state, &caller, &id, &mut missing).await
+    let missing = Missing::default();
+    let make = async {
+        if id == "all" {
+            list(&state, &caller, &missing).await
+        } else {
+            one(&state, &caller, &id, &missing).await
+        }
     };
-    state.finish("trace-session", started, &missing, result)
+    state.answer("trace-session", &missing, make).await
 }
 
-async fn one(state: &AppState, caller: &Caller, id: &str, missing: &mut Missing) -> Result<Response, ApiError> {
+async fn one(state: &AppState, caller: &Caller, id: &str, missing: &Missing) -> Result<Response, ApiError> {
     let id = session_id(id)?;
     let located = locate(state, id, missing).await?;
     caller.check("get", "trace-sessions", None, located.merged.namespace.as_deref()).await?;
     Ok(Json(BTreeMap::from([(id.to_string(), located.merged)])).into_response())
 }
 
-async fn list(state: &AppState, caller: &Caller, missing: &mut Missing) -> Result<Response, ApiError> {
+async fn list(state: &AppState, caller: &Caller, missing: &Missing) -> Result<Response, ApiError> {
     let nodes = state.targets()?;
     let f = fan_out(&nodes, &state.metrics, "trace-session/all", |n| {
         let client = state.client.clone();
@@ -224,10 +216,8 @@ pub(super) async fn put_session(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = change(&state, &caller, &id, body, &mut missing).await;
-    state.finish("update", started, &missing, result)
+    let missing = Missing::default();
+    state.answer("update", &missing, change(&state, &caller, &id, body, &missing)).await
 }
 
 async fn change(
@@ -235,7 +225,7 @@ async fn change(
     caller: &Caller,
     id: &str,
     body: Result<Bytes, BytesRejection>,
-    missing: &mut Missing,
+    missing: &Missing,
 ) -> Result<Response, ApiError> {
     let id = session_id(id)?;
     let run: RunChange = json_body(body)?;
@@ -255,7 +245,7 @@ async fn change(
 /// The answer to a change sent to several nodes: `{}` when at least one node made it (the
 /// others named missing; with `already` the nodes that answered it, e.g. a 409 "already
 /// running", are in the asked state and not missing); else the first node's refusal.
-fn all_or_some(f: crate::fanout::Fanout<()>, missing: &mut Missing, already: StatusCode) -> Result<Response, ApiError> {
+fn all_or_some(f: crate::fanout::Fanout<()>, missing: &Missing, already: StatusCode) -> Result<Response, ApiError> {
     let in_state = |e: &NodeError| e.client_error().is_some_and(|(s, _)| s == already);
     if !f.answered.is_empty() {
         for (n, e) in &f.failed {
@@ -282,13 +272,11 @@ pub(super) async fn delete_session(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = delete(&state, &caller, &id, &mut missing).await;
-    state.finish("delete", started, &missing, result)
+    let missing = Missing::default();
+    state.answer("delete", &missing, delete(&state, &caller, &id, &missing)).await
 }
 
-async fn delete(state: &AppState, caller: &Caller, id: &str, missing: &mut Missing) -> Result<Response, ApiError> {
+async fn delete(state: &AppState, caller: &Caller, id: &str, missing: &Missing) -> Result<Response, ApiError> {
     let (targets, path) = if id == "all" {
         caller.check("delete", "trace-sessions", None, None).await?;
         ((*state.targets()?).clone(), "/v1/trace-session/all".to_owned())
@@ -312,13 +300,11 @@ pub(super) async fn get_stats(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let started = Instant::now();
-    let mut missing = Missing::default();
-    let result = stats(&state, &caller, &id, &mut missing).await;
-    state.finish("stats", started, &missing, result)
+    let missing = Missing::default();
+    state.answer("stats", &missing, stats(&state, &caller, &id, &missing)).await
 }
 
-async fn stats(state: &AppState, caller: &Caller, id: &str, missing: &mut Missing) -> Result<Response, ApiError> {
+async fn stats(state: &AppState, caller: &Caller, id: &str, missing: &Missing) -> Result<Response, ApiError> {
     let id = session_id(id)?;
     let located = locate(state, id, missing).await?;
     caller.check("get", "trace-sessions", None, located.merged.namespace.as_deref()).await?;
