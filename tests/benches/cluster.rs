@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{routing::get, Json, Router};
+use axum::{routing::get, Router};
 use e2e::{
     agent,
     poller::quantile,
@@ -77,28 +77,22 @@ fn answers(node: usize) -> (Pods, Sessions) {
 fn simulated(rt: &tokio::runtime::Runtime, n: usize, delay: Duration) -> Vec<String> {
     (0..n)
         .map(|i| {
+            // Encoded once: a real node encodes on its own machine, so the simulated ones must
+            // not charge that to the cores tracer-svc and the client share here.
             let (pods, sessions) = answers(i);
-            let app = Router::new()
-                .route(
-                    "/v1/pods",
-                    get(move || {
-                        let pods = pods.clone();
-                        async move {
-                            tokio::time::sleep(delay).await;
-                            Json(pods)
-                        }
-                    }),
-                )
-                .route(
-                    "/v1/trace-session/all",
-                    get(move || {
-                        let sessions = sessions.clone();
-                        async move {
-                            tokio::time::sleep(delay).await;
-                            Json(sessions)
-                        }
-                    }),
-                );
+            let pods = axum::body::Bytes::from(serde_json::to_vec(&pods).expect("pods"));
+            let sessions = axum::body::Bytes::from(serde_json::to_vec(&sessions).expect("sessions"));
+            let json = |body: axum::body::Bytes| {
+                move || {
+                    let body = body.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+                    }
+                }
+            };
+            let app =
+                Router::new().route("/v1/pods", get(json(pods))).route("/v1/trace-session/all", get(json(sessions)));
             let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
             let addr: SocketAddr = listener.local_addr().expect("addr");
             rt.spawn(async move { axum::serve(listener, app).await });

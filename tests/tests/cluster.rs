@@ -214,3 +214,77 @@ fn a_stopped_node_is_named_and_every_endpoint_answers_within_the_node_timeout() 
         assert_eq!(n.call("GET", "/v1/trace-session/all", None).expect("node").1, json!({}));
     }
 }
+
+#[test]
+fn a_node_that_drops_out_of_a_follow_ends_its_part_and_the_others_go_on() {
+    if !require(&["runc"]) {
+        return;
+    }
+    let tag = unique("drop");
+    let names = [format!("{tag}-a"), format!("{tag}-b")];
+    let mut nodes: Vec<Node> = names.iter().map(|n| node(n)).collect();
+    let rt = Runtime::new("runc").expect("runc");
+    for (i, n) in nodes.iter().enumerate() {
+        looping_container(n, &rt, &format!("{tag}-web-{i}"), LOOP_SCRIPT);
+    }
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    let svc = Svc::start(&urls, &["--node-timeout", "3000"]).expect("tracer-svc");
+    let (sid, _) = svc
+        .create(&json!({"pod": format!("{tag}-web-*"), "container": "*", "trace-hook": "trace_syscalls",
+                         "trace-arguments": "-s openat"}))
+        .expect("create");
+    assert_eq!(svc.call("PUT", &format!("/v1/trace-session/{sid}"), Some(r#"{"Run": true}"#)).status, 200);
+
+    // Follow; once both nodes are seen, node b is killed mid-stream; a's events keep coming.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let follower = {
+        let (url, sid) = (svc.url.clone(), sid.clone());
+        std::thread::spawn(move || {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(60))).build().into();
+            let resp = agent.get(&format!("{url}/v1/trace-session/{sid}/events?follow=true")).call().expect("follow");
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(resp.into_body().into_reader()).lines() {
+                let Ok(line) = line else { return false };
+                let v: Value = serde_json::from_str(&line).expect("whole event lines");
+                if tx.send(v["node"].as_str().unwrap_or_default().to_owned()).is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+    };
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Ok(n) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.insert(n);
+        }
+    }
+    assert_eq!(seen.len(), 2, "events of both nodes: {seen:?}");
+    nodes[1].stop(false);
+    // Drain what was on the way, then a's events must still arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    while rx.try_recv().is_ok() {}
+    let mut after = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        if let Ok(n) = rx.recv_timeout(Duration::from_millis(100)) {
+            assert_eq!(n, names[0], "only a is left");
+            after += 1;
+        }
+    }
+    assert!(after > 5, "a's events go on after b dropped out: {after}");
+    // Stopping the session ends the stream (b's part ended with b).
+    let stop = svc.call("PUT", &format!("/v1/trace-session/{sid}"), Some(r#"{"Run": false}"#));
+    assert_eq!(stop.status, 200, "{stop:?}");
+    assert_eq!(stop.missing, vec![nodes[1].url.trim_start_matches("http://").to_owned()]);
+    assert!(follower.join().expect("follower"), "the stream ended by itself");
+    let metrics = e2e::get_text(&format!("{}/metrics", svc.url));
+    assert!(
+        metrics.lines().any(|l| l.starts_with("container_tracer_svc_node_stream_breaks_total") && !l.ends_with(" 0")),
+        "the break was counted: {metrics}"
+    );
+    let del = svc.call("DELETE", "/v1/trace-session/all", None);
+    assert_eq!(del.status, 200);
+}
