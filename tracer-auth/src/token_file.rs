@@ -85,14 +85,27 @@ fn load(path: &Path) -> Result<Loaded, TokenFileError> {
 }
 
 impl TokenFile {
-    /// Reads `path`; fails when it cannot be read or holds no token.
+    /// Reads `path`, the tokens a server accepts; fails when it cannot be read or holds no token.
     pub fn open(path: &Path) -> Result<Arc<Self>, TokenFileError> {
+        let file = Self::load_first(path)?;
+        warn_if_readable_by_others(path);
+        info!(file = %path.display(), tokens = file.loaded.read().unwrap_or_else(|p| p.into_inner()).tokens.len(), "bearer tokens loaded");
+        Ok(file)
+    }
+
+    /// Reads `path`, a client's own credential (its [`TokenFile::first`] token). Not checked for
+    /// being readable by others: a projected service-account token is 0644 in its pod, by design.
+    pub fn open_credential(path: &Path) -> Result<Arc<Self>, TokenFileError> {
+        let file = Self::load_first(path)?;
+        info!(file = %path.display(), "client token loaded");
+        Ok(file)
+    }
+
+    fn load_first(path: &Path) -> Result<Arc<Self>, TokenFileError> {
         let loaded = load(path)?;
         if loaded.tokens.is_empty() {
             return Err(TokenFileError::Unusable { path: path.to_owned(), problem: "holds no token".into() });
         }
-        warn_if_readable_by_others(path);
-        info!(file = %path.display(), tokens = loaded.tokens.len(), "bearer tokens loaded");
         Ok(Arc::new(Self { path: path.to_owned(), loaded: RwLock::new(Arc::new(loaded)) }))
     }
 

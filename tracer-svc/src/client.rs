@@ -187,7 +187,13 @@ impl NodeClient {
         self.settings.timeout
     }
 
-    fn request(&self, node: &NodeEndpoint, method: Method, path: &str, body: Option<Bytes>) -> Request<Full<Bytes>> {
+    fn request(
+        &self,
+        node: &NodeEndpoint,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Request<Full<Bytes>>, NodeError> {
         let mut req = Request::builder().method(method).uri(format!("{}{path}", node.url));
         if let Some(t) = &self.settings.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {}", t.first()));
@@ -195,8 +201,9 @@ impl NodeClient {
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        // Paths are built by us from validated ids; a failure here is a bug, reported as such.
-        req.body(Full::new(body.unwrap_or_default())).unwrap_or_else(|_| Request::new(Full::default()))
+        // Paths are built by us from validated ids, tokens checked printable when loaded.
+        req.body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| NodeError::Transport(format!("bad request to the node: {e}")))
     }
 
     fn timed_out(&self) -> NodeError {
@@ -211,7 +218,7 @@ impl NodeClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Reply, NodeError> {
-        let req = self.request(node, method, path, body);
+        let req = self.request(node, method, path, body)?;
         let max = self.settings.max_body;
         let exchange = async {
             let _slot = self.slots.acquire().await.map_err(|e| NodeError::Transport(e.to_string()))?;
@@ -232,7 +239,7 @@ impl NodeClient {
     /// Sends a GET and answers the status and the body still to read (an event stream); the
     /// deadline covers the headers only.
     pub async fn open(&self, node: &NodeEndpoint, path: &str) -> Result<(StatusCode, Incoming), NodeError> {
-        let req = self.request(node, Method::GET, path, None);
+        let req = self.request(node, Method::GET, path, None)?;
         let exchange = async {
             let _slot = self.slots.acquire().await.map_err(|e| NodeError::Transport(e.to_string()))?;
             let resp = self.http.request(req).await.map_err(|e| NodeError::Transport(describe(&e)))?;

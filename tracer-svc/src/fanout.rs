@@ -81,6 +81,15 @@ impl<T> Fanout<T> {
         }
     }
 
+    /// Records `node` as failed (counted and logged), also for an answer found unusable after
+    /// the call.
+    pub fn fail(&mut self, node: NodeEndpoint, e: NodeError, metrics: &Metrics, what: &'static str) {
+        let kind = if matches!(e, NodeError::Timeout(_)) { CallResult::Timeout } else { CallResult::Error };
+        metrics.node_call(&node.name, kind);
+        warn!(node = %node.name, url = %node.url, request = what, error = %e, "node left out of the answer");
+        self.failed.push((node, e));
+    }
+
     /// Whether every node failed (and there was at least one).
     pub fn none_answered(&self) -> bool {
         self.answered.is_empty() && !self.failed.is_empty()
@@ -106,12 +115,7 @@ where
                 metrics.node_call(&node.name, CallResult::Ok);
                 out.answered.push((node, v));
             }
-            Err(e) => {
-                let kind = if matches!(e, NodeError::Timeout(_)) { CallResult::Timeout } else { CallResult::Error };
-                metrics.node_call(&node.name, kind);
-                warn!(node = %node.name, url = %node.url, request = what, error = %e, "node left out of the answer");
-                out.failed.push((node, e));
-            }
+            Err(e) => out.fail(node, e, metrics, what),
         }
     }
     out

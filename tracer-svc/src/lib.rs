@@ -96,7 +96,7 @@ fn node_token(config: &Config) -> Result<Option<Arc<tracer_auth::TokenFile>>, Ru
             return Ok(None);
         }
     };
-    Ok(Some(tracer_auth::TokenFile::open(&path)?))
+    Ok(Some(tracer_auth::TokenFile::open_credential(&path)?))
 }
 
 /// Runs tracer-svc until SIGTERM or SIGINT.

@@ -23,7 +23,11 @@ use serde::Deserialize;
 use tracer_auth::http::Caller;
 use tracing::warn;
 
-use super::{no_answer, sessions::locate, upstream, ApiError, AppState};
+use super::{
+    refused,
+    sessions::{locate, session_id},
+    ApiError, AppState,
+};
 use crate::{
     client::{error_message, NodeError},
     fanout::{fan_out, Missing},
@@ -63,8 +67,7 @@ async fn events(
     follow: bool,
     missing: &Missing,
 ) -> Result<Response, ApiError> {
-    let id =
-        tracer_spec::session::parse_id(id).ok_or_else(|| ApiError::BadRequest(format!("invalid session id {id:?}")))?;
+    let id = session_id(id)?;
     let located = locate(state, id, missing).await?;
     caller.check("get", "trace-sessions", Some("events"), located.merged.namespace.as_deref()).await?;
     let holders: Vec<NodeEndpoint> = located.holders.into_iter().map(|(n, _)| n).collect();
@@ -87,14 +90,8 @@ async fn events(
     })
     .await;
     if f.answered.is_empty() {
-        if let Some((n, (status, message))) = f.failed.iter().find_map(|(n, e)| e.client_error().map(|c| (n, c))) {
-            // e.g. 429: a node's limit of followers.
-            let err = upstream(n, status, message);
-            f.note_missing(missing);
-            return Err(err);
-        }
-        f.note_missing(missing);
-        return Err(no_answer(&f));
+        // e.g. a 429: a node's limit of followers.
+        return Err(refused(&f, missing, |_| false));
     }
     f.note_missing(missing);
     // Without follow a node's part is its retained events, sent at once: a node silent for the

@@ -84,6 +84,22 @@ fn no_answer<T>(f: &Fanout<T>) -> ApiError {
     ApiError::NoAnswer { timed_out, message: format!("no tracer-node answered ({})", each.join("; ")) }
 }
 
+/// The error when no node did what was asked: the first node's own refusal (a 4xx, relayed
+/// with its status and name: it answered, so it is not missing), the other failed nodes named
+/// missing unless they are `in_state` (already as asked); without a refusal, [`no_answer`].
+fn refused<T>(f: &Fanout<T>, missing: &Missing, in_state: impl Fn(&NodeError) -> bool) -> ApiError {
+    let refusal = f.failed.iter().find_map(|(n, e)| e.client_error().map(|c| (n, c)));
+    for (m, e) in &f.failed {
+        if refusal.is_none_or(|(n, _)| n != m) && !in_state(e) {
+            missing.add(m);
+        }
+    }
+    match refusal {
+        Some((n, (status, message))) => upstream(n, status, message),
+        None => no_answer(f),
+    }
+}
+
 /// A node's own refusal, relayed with its status and name.
 fn upstream(node: &NodeEndpoint, status: StatusCode, message: &str) -> ApiError {
     ApiError::Upstream { status, message: format!("{}: {message}", node.name) }

@@ -8,7 +8,6 @@ use axum::{
 };
 use tracer_api::v1::TraceHooks;
 use tracer_auth::http::Caller;
-use tracing::warn;
 
 use super::{no_answer, ApiError, AppState};
 use crate::{
@@ -33,10 +32,7 @@ async fn pods(state: &AppState, caller: &Caller, missing: &Missing) -> Result<Re
     let mut index = PodsIndex::new();
     for (node, body) in &bodies {
         if let Err(e) = merge::pods::add(&mut index, body) {
-            let e = NodeError::BadAnswer(format!("not the API's /v1/pods: {e}"));
-            state.metrics.node_call(&node.name, crate::metrics::CallResult::Error);
-            warn!(node = %node.name, url = %node.url, request = "pods", error = %e, "node left out of the answer");
-            f.failed.push((node.clone(), e));
+            f.fail(node.clone(), NodeError::BadAnswer(format!("not the API's /v1/pods: {e}")), &state.metrics, "pods");
         }
     }
     f.note_missing(missing);

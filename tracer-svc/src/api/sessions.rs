@@ -16,7 +16,7 @@ use tracer_api::v1::{NewSession, RunChange, SessionInfo, SessionStats, Sessions}
 use tracer_auth::http::Caller;
 use tracer_spec::session::{namespace_of, parse_id};
 
-use super::{no_answer, upstream, ApiError, AppState, MAX_BODY};
+use super::{no_answer, refused, ApiError, AppState, MAX_BODY};
 use crate::{
     client::NodeError,
     fanout::{fan_out, Missing},
@@ -30,7 +30,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>
 }
 
 /// A session id of the path, as a node checks it.
-fn session_id(id: &str) -> Result<u64, ApiError> {
+pub(super) fn session_id(id: &str) -> Result<u64, ApiError> {
     parse_id(id).ok_or_else(|| {
         ApiError::BadRequest(format!("invalid session id {:?}", id.chars().take(64).collect::<String>()))
     })
@@ -148,18 +148,10 @@ fn created(
         return Ok(Json(BTreeMap::from([(id.to_string(), merged)])).into_response());
     }
     // Nothing made: a node's own refusal (a bad argument, a taken id, a limit) says why.
-    if let Some((n, (status, message))) = f.failed.iter().find_map(|(n, e)| e.client_error().map(|c| (n, c))) {
-        for (m, _) in &f.failed {
-            if m != n {
-                missing.add(m);
-            }
-        }
-        return Err(upstream(n, status, message));
+    if not_here.is_empty() || f.failed.iter().any(|(_, e)| e.client_error().is_some()) {
+        return Err(refused(&f, missing, |_| false));
     }
     f.note_missing(missing);
-    if not_here.is_empty() {
-        return Err(no_answer(&f));
-    }
     let (_, why) = &not_here[0];
     let scope = if missing.is_empty() { "any node" } else { "any node that answered" };
     Err(ApiError::NotFound(format!("no container matches on {scope} ({why})")))
@@ -255,16 +247,7 @@ fn all_or_some(f: crate::fanout::Fanout<()>, missing: &Missing, already: StatusC
         }
         return Ok(Json(json!({})).into_response());
     }
-    if let Some((n, (status, message))) = f.failed.iter().find_map(|(n, e)| e.client_error().map(|c| (n, c))) {
-        for (m, e) in &f.failed {
-            if m != n && !in_state(e) {
-                missing.add(m);
-            }
-        }
-        return Err(upstream(n, status, message));
-    }
-    f.note_missing(missing);
-    Err(no_answer(&f))
+    Err(refused(&f, missing, in_state))
 }
 
 pub(super) async fn delete_session(

@@ -43,8 +43,7 @@ fn lines(parts: &[(&str, &Option<Vec<String>>)]) -> Option<Vec<String>> {
 /// One session as several nodes show it: `Node` is every node it is on, sorted and joined
 /// with `,`, and `Nodes` lists them; `Containers` is the union; it is `Running` when it runs
 /// on any node; what the session was created with comes from the first node.
-pub fn session(infos: Vec<SessionInfo>) -> Option<SessionInfo> {
-    let mut infos = infos;
+pub fn session(mut infos: Vec<SessionInfo>) -> Option<SessionInfo> {
     infos.sort_by(|a, b| a.node.cmp(&b.node));
     let nodes: Vec<String> = infos.iter().map(|i| i.node.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let output = lines(&infos.iter().map(|i| (i.node.as_str(), &i.output)).collect::<Vec<_>>());

@@ -63,19 +63,19 @@ pub fn add<'a>(index: &mut PodsIndex<'a>, body: &'a [u8]) -> Result<(), serde_js
         parsed.push(((namespace, pod), raw));
     }
     for (id, raw) in parsed {
-        match index.pods.remove(&id) {
-            None => {
-                index.pods.insert(id, Piece::Borrowed(raw));
-            }
-            // The same pod from two nodes (names clash outside Kubernetes): its containers
-            // are united, as one node would list them.
+        // The same pod from two nodes (names clash outside Kubernetes): its containers are
+        // united, as one node would list them. Made before anything is replaced, so an answer
+        // that fails here leaves the index as it was for this pod.
+        let piece = match index.pods.get(&id) {
+            None => Piece::Borrowed(raw),
             Some(earlier) => {
                 let mut pod: Pod = serde_json::from_str(earlier.text())?;
                 let more: Pod = serde_json::from_str(raw.get())?;
                 pod.containers.extend(more.containers);
-                index.pods.insert(id, Piece::Merged(serde_json::to_string(&pod)?));
+                Piece::Merged(serde_json::to_string(&pod)?)
             }
-        }
+        };
+        index.pods.insert(id, piece);
     }
     Ok(())
 }
