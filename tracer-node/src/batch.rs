@@ -43,7 +43,8 @@ pub struct Record {
 pub struct Batch {
     /// CPU the page came from.
     pub cpu: u32,
-    pub(crate) page: Vec<u8>,
+    /// The raw page, shared by the batches of every session that takes events of it.
+    pub(crate) page: Arc<Vec<u8>>,
     /// The events.
     pub records: Vec<Record>,
 }

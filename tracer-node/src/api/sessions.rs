@@ -36,6 +36,7 @@ impl From<SessionError> for ApiError {
             | SessionError::Invalid(_)
             | SessionError::Hook(HookError::BadArguments(_) | HookError::Filter(_) | HookError::Args(_))
             | SessionError::StartFailed { .. } => ApiError::BadRequest(e.to_string()),
+            SessionError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             SessionError::AlreadyRunning(_) | SessionError::IdTaken(_) => ApiError::Conflict(e.to_string()),
             SessionError::Limit { .. } => ApiError::TooManyRequests(e.to_string()),
             SessionError::KernelShort { .. } => ApiError::Unavailable(e.to_string()),

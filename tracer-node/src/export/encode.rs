@@ -200,7 +200,7 @@ mod tests {
         let resolver = Resolver::new(Procfs::new("/proc", "/sys"), Arc::default());
         let task = Arc::new(resolver.resolve(std::process::id() as i32, 0));
         let rec = Record { ts: 123_456_789, pid: -5, event_id: 7, offset: 0, len: 0, task };
-        let batch = Batch { cpu: 3, page: vec![], records: vec![] };
+        let batch = Batch { cpu: 3, page: Arc::default(), records: vec![] };
         let fields = serde_json::json!({
             "fd": -3, "big": u64::MAX, "name": "x\u{e9}", "ok": true, "ratio": 0.5,
             "list": [1, -2, "s"], "none": null, "nested": {"a": 1}, "long": "y".repeat(300)

@@ -29,6 +29,9 @@ struct Slot {
     consumed_ts: AtomicU64,
     /// The latest request that this reader has answered by draining its buffer empty.
     drained: AtomicU64,
+    /// Every event of this CPU up to this timestamp has been handed to its consumers (not
+    /// only read: `consumed_ts` is published before a page's events are routed).
+    delivered_ts: AtomicU64,
     waker: OwnedFd,
 }
 
@@ -48,7 +51,12 @@ impl Barrier {
         let slots = (0..readers)
             .map(|_| {
                 let waker = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-                Ok(Slot { consumed_ts: AtomicU64::new(0), drained: AtomicU64::new(0), waker })
+                Ok(Slot {
+                    consumed_ts: AtomicU64::new(0),
+                    drained: AtomicU64::new(0),
+                    delivered_ts: AtomicU64::new(0),
+                    waker,
+                })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Arc::new(Self {
@@ -91,6 +99,39 @@ impl Barrier {
         self.notify();
     }
 
+    /// Waits, at most `timeout`, until every reader has delivered what its CPU recorded up to
+    /// `ts`: by passing it, or by draining its buffer empty after this call asked. For a
+    /// caller outside the readers (a session that stops at `ts`). False when the time ran out.
+    pub(crate) fn wait_delivered(&self, ts: u64, timeout: Duration) -> bool {
+        let epoch = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake_all(None);
+        self.wait(timeout, || {
+            self.slots
+                .iter()
+                .all(|s| s.delivered_ts.load(Ordering::SeqCst) >= ts || s.drained.load(Ordering::SeqCst) >= epoch)
+        })
+    }
+
+    /// Waits until `done` holds or `timeout` passed; re-checked at every reader's news.
+    fn wait(&self, timeout: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = loop {
+            if done() {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            guard = self.changed.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+        };
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
     fn notify(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,22 +169,13 @@ impl Progress {
                 i == self.me || s.consumed_ts.load(Ordering::SeqCst) >= ts || s.drained.load(Ordering::SeqCst) >= epoch
             })
         };
-        let deadline = Instant::now() + timeout;
-        b.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut guard = b.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let done = loop {
-            if caught_up() {
-                break true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
-            }
-            guard = b.changed.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
-        };
-        drop(guard);
-        b.waiters.fetch_sub(1, Ordering::SeqCst);
-        done
+        b.wait(timeout, caught_up)
+    }
+
+    /// Publishes that every event of this reader's CPU up to `ts` has been delivered.
+    pub fn delivered(&self, ts: u64) {
+        self.barrier.slots[self.me].delivered_ts.fetch_max(ts, Ordering::SeqCst);
+        self.barrier.notify();
     }
 }
 

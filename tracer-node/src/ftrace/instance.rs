@@ -139,6 +139,15 @@ impl Instance {
         }
     }
 
+    /// Disables one event, or a whole system when `event` is `None` (every event of it, also
+    /// those enabled one by one).
+    pub fn disable_event(&self, system: &str, event: Option<&str>) -> Result<(), TracefsError> {
+        match event {
+            Some(e) => self.write(&format!("events/{system}/{e}/enable"), "0"),
+            None => self.write(&format!("events/{system}/enable"), "0"),
+        }
+    }
+
     /// Sets the filter of one event. The expression must have been validated by the caller.
     pub fn set_filter(&self, system: &str, event: &str, expr: &str) -> Result<(), TracefsError> {
         self.write(&format!("events/{system}/{event}/filter"), expr)

@@ -119,6 +119,12 @@ impl Readers {
         Ok(Readers { stop, barrier, threads })
     }
 
+    /// The readers' barrier, to wait for their progress without holding the readers
+    /// ([`Barrier::wait_delivered`]); once they stopped, every wait on it ends at once.
+    pub(crate) fn barrier(&self) -> Arc<Barrier> {
+        self.barrier.clone()
+    }
+
     /// Asks every reader to drain what is left and stop, and waits for them (the drain, not a
     /// poll interval: they are woken). Call after recording is turned off.
     pub fn stop_and_join(self) {

@@ -16,7 +16,7 @@ use super::HookError;
 use crate::ftrace::Tracefs;
 
 /// An event to enable: a whole subsystem, or one event of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EventSel {
     /// Subsystem (`syscalls`).
     pub system: String,
@@ -35,6 +35,15 @@ pub struct FtracePlan {
     pub duration: Option<Duration>,
     /// Run the function tracer, limited to these functions (globs; empty = all).
     pub functions: Option<Vec<String>>,
+}
+
+impl FtracePlan {
+    /// Whether its events can come from the node's shared recording: a kernel filter applies
+    /// to every reader of an event, and the function tracer is per instance, so a plan with
+    /// either needs a recording of its own.
+    pub fn shareable(&self) -> bool {
+        self.filter.is_none() && self.functions.is_none()
+    }
 }
 
 /// Parses `hook`'s `args` into a plan, checking names against the kernel's `available_events`

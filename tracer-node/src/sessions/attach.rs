@@ -1,17 +1,18 @@
 //! Containers joining and leaving sessions as the registry learns of them; a running session's
-//! pid filter takes a new container's threads while its creation hook still waits.
+//! recording takes a new container's threads into its pid filter while its creation hook
+//! still waits.
 
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::{pid_filter::PidFilter, resolver::Resolver, Attached, Run, Session, SessionManager};
+use super::{recording::Recording, resolver::Resolver, Attached, Run, Session, SessionManager};
 use crate::{
     batch::ContainerTag,
     registry::{Entry, Registry, RegistryObserver},
 };
 
-/// Every thread id of a container's processes, each also told to the session's resolver: a
+/// Every thread id of a container's processes, each also told to the recording's resolver: a
 /// thread alive now may be gone by the time its events are read, and its fork was before the
 /// run (so no fork event ties it to its container).
 pub(super) fn container_tids(registry: &Registry, a: &Attached, resolver: &Resolver) -> Vec<u32> {
@@ -20,15 +21,16 @@ pub(super) fn container_tids(registry: &Registry, a: &Attached, resolver: &Resol
     tids
 }
 
-fn threads_of(registry: &Registry, init: u32, cgroup: Option<&std::path::Path>) -> Vec<u32> {
+pub(super) fn threads_of(registry: &Registry, init: u32, cgroup: Option<&std::path::Path>) -> Vec<u32> {
     let procfs = registry.procfs();
     procfs.tasks(init, cgroup).into_iter().flat_map(|pid| procfs.threads(pid)).collect()
 }
 
 impl SessionManager {
-    /// Adds a container to a session; answers the session's pid filter when it runs, for the
-    /// caller to add the container's threads to.
-    pub(super) fn attach(&self, s: &Session, e: &Entry) -> Option<Arc<PidFilter>> {
+    /// Adds a container to a session; answers the session's recording when it runs (the
+    /// container is in its slot and its resolver by then), for the caller to add the
+    /// container's threads to its filter.
+    pub(super) fn attach(&self, s: &Session, e: &Entry) -> Option<Arc<Recording>> {
         let r = &e.record;
         let tag = Arc::new(ContainerTag {
             id: r.id.clone(),
@@ -49,15 +51,18 @@ impl SessionManager {
         if st.containers.contains_key(&r.id) {
             return None;
         }
-        s.resolver.add_container(r.pid, tag.clone());
         if let Some(export) = &st.export {
             // Attached while running means attached at its creation (or its late
             // registration): its span starts when the runtime created it.
             let at = if r.created_unix_ns > 0 { r.created_unix_ns } else { crate::export::model::unix_now() };
-            export.container_started(tag, r.pid, at, true);
+            export.container_started(tag.clone(), r.pid, at, true);
         }
-        let filter = match &st.run {
-            Some(Run::Ftrace { filter, readers: Some(_) }) => Some(filter.clone()),
+        let recording = match &st.run {
+            Some(Run::Ftrace { recording, slot }) => {
+                slot.add_container(&r.id);
+                recording.resolver().add_container(r.pid, tag);
+                Some(recording.clone())
+            }
             Some(Run::External(_)) => {
                 warn!(session = s.id, container_id = %r.id, "external hooks cannot take new containers while running; attached at next start");
                 None
@@ -67,44 +72,57 @@ impl SessionManager {
         // Listed before its threads are filtered: a start that comes next programs it, and
         // a run in progress gets them from the caller.
         st.containers.insert(r.id.clone(), a);
-        filter
+        recording
     }
 }
 
 impl RegistryObserver for SessionManager {
-    /// The container joins every matching session; the running ones get its threads, read
-    /// once, pushed to all their filters before any is written, so that each filter's next
-    /// batch holds them whoever writes it. The procfs reads and the kernel writes happen
-    /// without any session lock: GET, stats and other attachments go on meanwhile.
+    /// The container joins every matching session; the recordings of the running ones get its
+    /// threads, read once, pushed to all their filters before any is written, so that each
+    /// filter's next batch holds them whoever writes it (a recording shared by several of
+    /// those sessions once). The procfs reads and the kernel writes happen without any
+    /// session lock: GET, stats and other attachments go on meanwhile.
     fn registered(&self, entry: &Entry) {
         // Its pod's own session first, started with the container attached, so its first
         // exec is traced; then every other matching session.
         self.auto_trace(entry);
         let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
-        let running: Vec<(&Arc<Session>, Arc<PidFilter>)> =
-            sessions.iter().filter(|s| s.matches(entry)).filter_map(|s| Some((s, self.attach(s, entry)?))).collect();
-        if running.is_empty() {
-            return;
+        let mut recordings: Vec<(Arc<Recording>, Vec<u64>)> = Vec::new();
+        for s in sessions.iter().filter(|s| s.matches(entry)) {
+            if let Some(r) = self.attach(s, entry) {
+                match recordings.iter_mut().find(|(x, _)| Arc::ptr_eq(x, &r)) {
+                    Some((_, ids)) => ids.push(s.id),
+                    None => recordings.push((r, vec![s.id])),
+                }
+            }
         }
         let (init, id) = (entry.record.pid, &entry.record.id);
+        // A recording that follows the container's threads already needs no write.
+        recordings.retain(|(r, _)| r.hold(id));
+        if recordings.is_empty() {
+            return;
+        }
         let tids = threads_of(&self.registry, init, entry.cgroup.as_deref());
-        let left: Vec<_> = running
+        let left: Vec<_> = recordings
             .into_iter()
-            .map(|(s, filter)| {
-                s.resolver.known_threads(init, &tids);
-                let ticket = filter.push(&tids);
-                (s, filter, ticket)
+            .map(|(r, sessions)| {
+                r.resolver().known_threads(init, &tids);
+                let ticket = r.filter().push(&tids);
+                (r, sessions, ticket)
             })
             .collect();
         // In turn: the kernel serialises filter writes of every instance (20 appends to two
         // instances from two threads took as long as 20 to one), so what saves time is fewer
         // writes, each carrying every container that waited for it.
-        for (s, filter, ticket) in left {
-            match filter.commit(ticket) {
+        for (r, sessions, ticket) in left {
+            match r.filter().commit(ticket) {
                 Ok(()) => {
-                    info!(session = s.id, container_id = %id, threads = tids.len(), "container attached to running session")
+                    info!(sessions = ?sessions, instance = %r.name(), container_id = %id, threads = tids.len(), "container attached to running sessions")
                 }
-                Err(e) => error!(session = s.id, container_id = %id, error = %e, "cannot add container to pid filter"),
+                Err(e) => {
+                    r.unhold(id);
+                    error!(sessions = ?sessions, container_id = %id, error = %e, "cannot add container to pid filter")
+                }
             }
         }
     }
@@ -116,7 +134,10 @@ impl RegistryObserver for SessionManager {
             // the session's container list true.
             let mut st = s.lock();
             if st.containers.remove(id).is_some() {
-                s.resolver.remove_container(id);
+                if let Some(Run::Ftrace { recording, .. }) = &st.run {
+                    recording.resolver().remove_container(id);
+                    recording.unhold(id);
+                }
                 if let Some(export) = &st.export {
                     export.container_exited(id);
                 }

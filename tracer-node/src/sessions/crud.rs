@@ -9,9 +9,7 @@ use futures_util::StreamExt;
 use tracer_api::v1::{NewSession, SessionInfo};
 use tracing::{info, warn};
 
-use super::{
-    check_pattern, events::EventStore, resolver::Resolver, Lifecycle, Run, Session, SessionError, SessionManager, State,
-};
+use super::{check_pattern, events::EventStore, Lifecycle, Run, Session, SessionError, SessionManager, State};
 use crate::export::ExportCounters;
 
 impl SessionManager {
@@ -83,7 +81,6 @@ impl SessionManager {
             plan,
             auto,
             store: Arc::new(EventStore::new(self.settings.retention_events, self.settings.metrics.clone())),
-            resolver: Arc::new(Resolver::new(self.registry.procfs().clone(), self.saved.clone())),
             trace_id: crate::ids::trace_id(),
             export: Arc::new(ExportCounters::new(self.settings.metrics.clone())),
             state: Mutex::new(State::default()),

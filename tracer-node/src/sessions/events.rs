@@ -1,5 +1,5 @@
-//! A session's events: parsed from raw pages by the per-CPU readers, tagged with the thread's
-//! process, command and container, kept in a bounded retention buffer and fanned out to live
+//! A session's events: routed to it by its recording's readers (see [`super::routing`]),
+//! tagged with the thread's process, command and container, kept in a bounded retention buffer and fanned out to live
 //! followers. The kernel-reading side never waits for a consumer: a follower that cannot keep
 //! up loses batches, and those losses are counted.
 
@@ -13,18 +13,12 @@ use std::{
 
 use tokio::sync::mpsc;
 use tracer_api::v1::{SessionStats, TraceEvent};
-use tracing::debug;
 
 pub use super::lineage::{ExitEvent, ForkEvent};
-use super::resolver::Resolver;
 
 use crate::{
-    batch::{Batch, BatchSink, Record, TaskInfo},
-    ftrace::{
-        barrier::Progress,
-        format::{EventFormat, PageHeader},
-        ring::{parse_page, Page},
-    },
+    batch::{Batch, BatchSink, Record},
+    ftrace::format::EventFormat,
     metrics::Metrics,
 };
 
@@ -216,131 +210,6 @@ impl EventStore {
     }
 }
 
-/// How long a thread's command and process are trusted before procfs is asked again.
-const TASK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
-/// Threads remembered per CPU reader.
-const MAX_CACHED_TASKS: usize = 65_536;
-
-/// How long a reader waits for the other CPUs' readers before it gives up on a thread it
-/// cannot tie to a container. They answer within a drain, but a drain of a full backlog on a
-/// loaded machine took over 500 ms (6 of 11,708 events lost their container at load 5); the
-/// waiting CPU's ring buffer holds seconds of events, so waiting longer loses nothing.
-const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// What the readers of a run need to know of its events.
-#[derive(Debug, Clone)]
-pub struct Decoding {
-    /// The ring buffer's page layout.
-    pub header: PageHeader,
-    /// Events after which a thread has a new command (exec).
-    pub exec_ids: Arc<Vec<u16>>,
-    /// The fork event, which tells the resolver who created whom.
-    pub fork: Option<ForkEvent>,
-    /// The exit event (`sched_process_exit`), which ends a thread id's life.
-    pub exit: Option<ExitEvent>,
-    /// Events recorded for attribution only (the hook did not ask for them): never shown,
-    /// stored or counted.
-    pub hidden: Arc<Vec<u16>>,
-    /// Where the run's events begin (trace clock), 0 while the start still programs the pid
-    /// filter. Recording is turned on before the filter is written, so that no fork of a
-    /// container's process goes unrecorded: what comes before this is not shown (the host's
-    /// events of that instant), but its forks and exits are still followed.
-    pub from_ts: Arc<AtomicU64>,
-}
-
-/// Builds the consumer of one CPU's pages.
-///
-/// A page is taken in two passes: its fork events first (so the other CPUs' readers, which may
-/// be waiting for them, can go on), then every event is tied to its thread. A thread that can
-/// be tied to no container (gone, and its fork not read yet) makes the reader wait once per
-/// page for the other CPUs to catch up to the page's end, then try again.
-pub fn page_consumer(
-    cpu: usize,
-    decoding: Decoding,
-    resolver: Arc<Resolver>,
-    store: Arc<EventStore>,
-    progress: Progress,
-) -> crate::ftrace::reader::PageConsumer {
-    let mut parsed = Page::default();
-    let mut cache: HashMap<i32, Arc<TaskInfo>> = HashMap::new();
-    let header = decoding.header;
-    Box::new(move |page: Vec<u8>| {
-        parse_page(&page, &header, &mut parsed);
-        let ids = |ev: &crate::ftrace::ring::RawEvent| -> Option<(u16, i32)> {
-            let p = page.get(ev.offset..ev.offset + ev.len).filter(|p| p.len() >= 8)?;
-            Some((u16::from_ne_bytes([p[0], p[1]]), i32::from_ne_bytes([p[4], p[5], p[6], p[7]])))
-        };
-        for ev in &parsed.events {
-            let Some((id, pid)) = ids(ev) else { continue };
-            let payload = &page[ev.offset..ev.offset + ev.len];
-            if let Some(fork) = decoding.fork.filter(|f| f.id == id) {
-                if let Some((parent, child)) = fork.parse(payload) {
-                    resolver.forked(parent, child, ev.ts, fork.comm(payload));
-                    // A new thread: whatever was cached under its id was another's.
-                    cache.remove(&(child as i32));
-                }
-            } else if let Some(exit) = decoding.exit.filter(|e| e.id == id) {
-                if let Ok(tid) = u32::try_from(pid) {
-                    resolver.exited(tid, ev.ts, exit.comm(payload));
-                }
-            }
-        }
-        let Some(last_ts) = parsed.events.last().map(|e| e.ts) else { return };
-        progress.consumed(last_ts);
-        // The start stores it microseconds after the filter write returns; bounded anyway.
-        let wait = std::time::Instant::now();
-        let mut from = decoding.from_ts.load(Ordering::Acquire);
-        while from == 0 && wait.elapsed() < CATCH_UP {
-            std::thread::sleep(std::time::Duration::from_micros(200));
-            from = decoding.from_ts.load(Ordering::Acquire);
-        }
-
-        let mut records = Vec::with_capacity(parsed.events.len());
-        let mut caught_up = false;
-        let mut unknown: Vec<i32> = Vec::new();
-        for ev in &parsed.events {
-            let Some((event_id, pid)) = ids(ev) else { continue };
-            if decoding.hidden.contains(&event_id) || ev.ts < from {
-                continue;
-            }
-            // After an exec the thread has a new command: ask procfs again.
-            let stale =
-                decoding.exec_ids.contains(&event_id) || cache.get(&pid).is_some_and(|t| t.seen.elapsed() > TASK_TTL);
-            if stale {
-                cache.remove(&pid);
-            }
-            if cache.len() >= MAX_CACHED_TASKS {
-                cache.clear();
-            }
-            let task = match cache.get(&pid) {
-                Some(t) => t.clone(),
-                None => {
-                    let mut info = resolver.resolve(pid, ev.ts);
-                    if info.container.is_none() && !caught_up {
-                        caught_up = true;
-                        if !progress.wait_for_others(last_ts, CATCH_UP) {
-                            debug!(cpu, "the other CPUs' readers did not catch up in time");
-                        }
-                        info = resolver.resolve(pid, ev.ts);
-                    }
-                    if info.container.is_none() {
-                        unknown.push(pid);
-                    }
-                    let info = Arc::new(info);
-                    cache.insert(pid, info.clone());
-                    info
-                }
-            };
-            records.push(Record { ts: ev.ts, pid, event_id, offset: ev.offset as u32, len: ev.len as u32, task });
-        }
-        // Not known yet is not known for good: the next page asks again.
-        for pid in unknown {
-            cache.remove(&pid);
-        }
-        store.push(Batch { cpu: cpu as u32, page, records });
-    })
-}
-
 /// Turns a record into its wire form.
 pub fn to_wire(
     batch: &Batch,
@@ -375,128 +244,7 @@ pub fn to_wire(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        batch::ContainerTag,
-        ftrace::{barrier::Barrier, ring::tests::PageBuilder},
-        registry::procfs::Procfs,
-    };
-
-    fn decoding(fork: Option<ForkEvent>, hidden: Vec<u16>) -> Decoding {
-        Decoding {
-            header: crate::ftrace::ring::tests::HEADER,
-            exec_ids: Arc::new(vec![]),
-            fork,
-            exit: None,
-            hidden: Arc::new(hidden),
-            from_ts: Arc::new(AtomicU64::new(1)),
-        }
-    }
-
-    fn alone() -> Progress {
-        Progress::new(Barrier::new(1).expect("eventfd"), 0)
-    }
-
-    fn tag(id: &str) -> Arc<ContainerTag> {
-        Arc::new(ContainerTag {
-            id: id.into(),
-            pod: id.into(),
-            namespace: "n".into(),
-            name: id.into(),
-            runtime: String::new(),
-            workload: Vec::new(),
-        })
-    }
-
-    /// A `sched_process_fork` payload as the kernel lays it out here (id 9).
-    fn fork_payload(by: i32, parent: i32, child: i32) -> Vec<u8> {
-        let mut p = payload(9, by);
-        p.resize(48, 0);
-        p[24..28].copy_from_slice(&parent.to_ne_bytes());
-        p[44..48].copy_from_slice(&child.to_ne_bytes());
-        p
-    }
-
-    fn fork_event() -> ForkEvent {
-        let text = "name: sched_process_fork\nID: 9\nformat:\n\
-            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
-            \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
-            \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
-        ForkEvent::from_format(&crate::ftrace::format::parse_event_format("sched", text).expect("format"))
-            .expect("fork layout")
-    }
-
-    /// CPU 1's reader meets the events of a child that is gone before CPU 0's reader has read
-    /// the fork: it waits for CPU 0, and the child is tied to the right one of two containers.
-    /// The fork events the hook did not ask for are not shown.
-    #[test]
-    fn a_gone_child_read_before_its_fork_is_attributed_once_the_other_cpu_caught_up() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default()));
-        resolver.add_container(100, tag("a"));
-        resolver.add_container(200, tag("b"));
-        let barrier = Barrier::new(2).expect("eventfds");
-        let store = Arc::new(EventStore::new(1000, Arc::default()));
-        let mut cpu0 = page_consumer(
-            0,
-            decoding(Some(fork_event()), vec![9]),
-            resolver.clone(),
-            store.clone(),
-            Progress::new(barrier.clone(), 0),
-        );
-        let mut cpu1 = page_consumer(
-            1,
-            decoding(Some(fork_event()), vec![9]),
-            resolver.clone(),
-            store.clone(),
-            Progress::new(barrier.clone(), 1),
-        );
-        let child = PageBuilder::new(2000).event(1, &payload(5, 4242)).finish(0);
-        let reader1 = std::thread::spawn(move || cpu1(child));
-        while barrier.requests() == 0 {
-            std::thread::yield_now();
-        }
-        // The fork (by 200's shell 300, itself forked by 200) was recorded earlier on CPU 0.
-        let forks = PageBuilder::new(1000)
-            .event(1, &fork_payload(200, 200, 300))
-            .event(1, &fork_payload(300, 300, 4242))
-            .event(1, &payload(5, 300))
-            .finish(0);
-        cpu0(forks);
-        reader1.join().expect("reader of cpu 1");
-        let batches = store.snapshot();
-        let records: Vec<&Record> = batches.iter().flat_map(|b| b.records.iter()).collect();
-        assert_eq!(records.len(), 2, "the fork events were read for attribution only");
-        for r in records {
-            assert_eq!(r.task.container.as_ref().map(|t| t.id.as_str()), Some("b"), "pid {}", r.pid);
-        }
-    }
-
-    fn payload(id: u16, pid: i32) -> Vec<u8> {
-        let mut p = vec![0u8; 16];
-        p[0..2].copy_from_slice(&id.to_ne_bytes());
-        p[4..8].copy_from_slice(&pid.to_ne_bytes());
-        p
-    }
-
-    #[test]
-    fn pages_become_tagged_records_and_retention_is_bounded() {
-        let store = Arc::new(EventStore::new(3, Arc::default()));
-        let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), Arc::default()));
-        let me = std::process::id();
-        let tag = tag("c");
-        resolver.add_container(me, tag.clone());
-        let mut consume = page_consumer(1, decoding(None, vec![]), resolver, store.clone(), alone());
-        let page = PageBuilder::new(10).event(1, &payload(5, me as i32)).event(1, &payload(5, me as i32)).finish(0);
-        consume(page.clone());
-        consume(page);
-        let snap = store.snapshot();
-        assert_eq!(snap.len(), 1, "the oldest page aged out");
-        let rec = &snap[0].records[0];
-        assert_eq!(rec.task.tgid, me as i32);
-        assert_eq!(rec.task.container.as_deref(), Some(&*tag));
-        let s = store.stats(true, 7, (0, 0, 0));
-        assert_eq!((s.events_read, s.events_aged_out, s.events_retained, s.events_lost_kernel), (4, 2, 2, 7));
-    }
+    use crate::{registry::procfs::Procfs, sessions::resolver::Resolver};
 
     #[test]
     fn a_slow_follower_is_counted_as_dropped_and_never_blocks() {
@@ -507,7 +255,7 @@ mod tests {
         let info = Arc::new(resolver.resolve(1, 0));
         for _ in 0..FOLLOWER_QUEUE + 10 {
             let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info.clone() };
-            store.push(Batch { cpu: 0, page: vec![], records: vec![rec] });
+            store.push(Batch { cpu: 0, page: Arc::default(), records: vec![rec] });
         }
         let s = store.stats(true, 0, (0, 0, 0));
         assert_eq!(s.events_dropped, 10);
@@ -521,7 +269,7 @@ mod tests {
         let info = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), Arc::default()).resolve(1, 0));
         Batch {
             cpu: 0,
-            page: vec![],
+            page: Arc::default(),
             records: vec![Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info }],
         }
     }

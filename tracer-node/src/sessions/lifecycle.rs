@@ -1,5 +1,5 @@
-//! Starting and stopping sessions' runs: the kernel side of a built-in hook (one ftrace
-//! instance, its readers and its pid filter) or an external hook's process.
+//! Starting and stopping sessions' runs: a built-in hook's place on a recording (the node's
+//! shared one, or one of its own) or an external hook's process.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,17 +7,16 @@ use tracer_api::v1::SessionStats;
 use tracing::{info, warn};
 
 use super::{
-    attach::container_tids,
-    events,
-    pid_filter::PidFilter,
-    program::{overrun, program, StartFailure},
-    Attached, Run, Session, SessionError, SessionManager, Settings,
+    attach::{container_tids, threads_of},
+    pid_filter::monotonic_ns,
+    program::StartFailure,
+    recording::{Joined, Recording},
+    resolver::Resolver,
+    Attached, Run, Session, SessionError, SessionManager,
 };
 use crate::{
     export::model::SessionContext,
-    ftrace::{reader::Readers, Tracefs},
     hooks::{FtracePlan, Plan},
-    registry::Registry,
 };
 
 impl SessionManager {
@@ -26,21 +25,23 @@ impl SessionManager {
     pub async fn gauges(&self) -> (u64, u64, u64) {
         let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
         let mut running = 0;
-        let mut instances = Vec::new();
+        let mut recordings: Vec<Arc<Recording>> = Vec::new();
         for s in &sessions {
             match &s.lock().run {
-                Some(Run::Ftrace { filter, .. }) => {
+                Some(Run::Ftrace { recording, .. }) => {
                     running += 1;
-                    instances.push(filter.instance().clone());
+                    if !recordings.iter().any(|r| Arc::ptr_eq(r, recording)) {
+                        recordings.push(recording.clone());
+                    }
                 }
                 Some(Run::External(_)) => running += 1,
                 None => {}
             }
         }
-        let overruns = if instances.is_empty() {
+        let overruns = if recordings.is_empty() {
             0
         } else {
-            tokio::task::spawn_blocking(move || instances.iter().map(|i| overrun(i)).sum()).await.unwrap_or(0)
+            tokio::task::spawn_blocking(move || recordings.iter().map(|r| r.overrun()).sum()).await.unwrap_or(0)
         };
         (sessions.len() as u64, running, overruns)
     }
@@ -48,16 +49,18 @@ impl SessionManager {
     /// The session's statistics (per-CPU stats files read as in [`Self::gauges`]).
     pub async fn stats(&self, id: u64) -> Result<SessionStats, SessionError> {
         let s = self.get(id)?;
-        let (running, instance) = {
+        let (running, run) = {
             let st = s.lock();
-            let instance = match &st.run {
-                Some(Run::Ftrace { filter, .. }) => Some(filter.instance().clone()),
+            let run = match &st.run {
+                Some(Run::Ftrace { recording, slot }) => Some((recording.clone(), slot.overrun_base)),
                 _ => None,
             };
-            (st.run.is_some(), instance)
+            (st.run.is_some(), run)
         };
-        let live = match instance {
-            Some(i) => tokio::task::spawn_blocking(move || overrun(&i)).await.unwrap_or(0),
+        // The recording's losses since the session joined it: a loss of a shared recording
+        // is one for every session that could have seen those events.
+        let live = match run {
+            Some((r, base)) => tokio::task::spawn_blocking(move || r.overrun().saturating_sub(base)).await.unwrap_or(0),
             None => 0,
         };
         Ok(s.store.stats(running, live, s.export.snapshot()))
@@ -89,13 +92,16 @@ impl SessionManager {
             return Err(SessionError::AlreadyRunning(id));
         }
         let _gate = self.start_gate.lock().await;
-        self.check_running_limits()?;
+        let ftrace_plan = match &s.plan {
+            Ok(Plan::Ftrace(p)) => Some(p),
+            _ => None,
+        };
+        self.check_running_limits(ftrace_plan)?;
         let result = match s.plan.clone() {
             Err(reason) => Err(StartFailure::Unusable(reason)),
             Ok(Plan::Ftrace(plan)) => {
-                let (s2, tracefs, registry, settings, node) =
-                    (s.clone(), self.tracefs.clone(), self.registry.clone(), self.settings.clone(), self.node.clone());
-                tokio::task::spawn_blocking(move || start_ftrace(&s2, &plan, &tracefs, &registry, &settings, &node))
+                let (s2, m) = (s.clone(), self.me.upgrade().ok_or(SessionError::ShuttingDown)?);
+                tokio::task::spawn_blocking(move || m.start_ftrace(&s2, &plan))
                     .await
                     .map_err(|source| SessionError::Task { what: "start", source })?
             }
@@ -104,13 +110,13 @@ impl SessionManager {
                 // without it.
                 let containers: Vec<Attached> = s.lock().containers.values().cloned().collect();
                 let tids: Vec<u32> =
-                    containers.iter().flat_map(|a| container_tids(&self.registry, a, &s.resolver)).collect();
+                    containers.iter().flat_map(|a| threads_of(&self.registry, a.init, a.cgroup.as_deref())).collect();
                 match provider.run(&hook, &args, &tids, id).await {
                     Ok(run) => {
                         let mut st = s.lock();
                         st.output = Some(vec![run.output.clone()]);
                         st.error = None;
-                        st.run = Some(Run::External(run));
+                        st.run = Some(Run::External(Box::new(run)));
                         Ok(None)
                     }
                     Err(lines) => Err(StartFailure::External(lines)),
@@ -145,10 +151,25 @@ impl SessionManager {
         }
     }
 
-    /// Refuses a start when the running sessions are at `--max-running-sessions`, or when one
-    /// more ring buffer would pass the kernel memory budget. The caller holds the start gate.
-    fn check_running_limits(&self) -> Result<(), SessionError> {
-        let running = self.map().values().filter(|s| s.lock().run.is_some()).count();
+    /// Refuses a start when the running sessions are at `--max-running-sessions`, or when the
+    /// ring buffer it needs would pass the kernel memory budget: a session that can share the
+    /// node's recording needs none once that recording is open; one that cannot (kernel filter,
+    /// function tracer) needs one of its own. The caller holds the start gate.
+    fn check_running_limits(&self, plan: Option<&FtracePlan>) -> Result<(), SessionError> {
+        let mut running = 0;
+        let mut recordings: Vec<Arc<Recording>> = Vec::new();
+        for s in self.map().values() {
+            match &s.lock().run {
+                Some(Run::Ftrace { recording, .. }) => {
+                    running += 1;
+                    if !recordings.iter().any(|r| Arc::ptr_eq(r, recording)) {
+                        recordings.push(recording.clone());
+                    }
+                }
+                Some(Run::External(_)) => running += 1,
+                None => {}
+            }
+        }
         if running >= self.settings.max_running {
             return Err(SessionError::Limit {
                 what: "too many running trace sessions on this node",
@@ -156,8 +177,13 @@ impl SessionManager {
                 flag: "--max-running-sessions",
             });
         }
+        let needs_buffer = match plan {
+            Some(p) if p.shareable() => !recordings.iter().any(|r| !r.dedicated()),
+            Some(_) => true,
+            None => false,
+        };
         let per_run = self.settings.buffer_kb.saturating_mul(self.cpus);
-        if (running as u64 + 1).saturating_mul(per_run) > self.settings.memory_budget_kb {
+        if needs_buffer && (recordings.len() as u64 + 1).saturating_mul(per_run) > self.settings.memory_budget_kb {
             return Err(SessionError::Limit {
                 what: "starting it would pass the kernel memory budget of the ring buffers (MiB)",
                 limit: self.settings.memory_budget_kb / 1024,
@@ -219,9 +245,9 @@ impl SessionManager {
                 s.lock().error = Some(stderr);
             }
         } else {
-            let s2 = s.clone();
+            let (s2, m) = (s.clone(), self.me.upgrade().ok_or(SessionError::ShuttingDown)?);
             let discard = deleting && s.lock().export.is_none();
-            tokio::task::spawn_blocking(move || end_ftrace_run(&s2, discard))
+            tokio::task::spawn_blocking(move || m.end_ftrace_run(&s2, discard))
                 .await
                 .map_err(|source| SessionError::Task { what: "stop", source })?;
         }
@@ -250,128 +276,179 @@ fn close_consumers(s: &Session) {
     s.store.close_followers();
 }
 
-/// Ends a built-in session's run, if it has one: the filter closed (no attachment writes to it
-/// nor turns recording on from then on), recording off, the readers drained (they need the
-/// instance open) and joined, then the instance removed, and only then the run taken away, so
-/// a client that sees the session stopped finds nothing left in the kernel. With `discard`
-/// what the kernel still holds is thrown away instead of read. Blocking; the kernel work is
-/// done without the session lock (removal retries EBUSY for seconds at worst): GET, stats and
-/// /metrics answer meanwhile, and show the session running until its instance is gone.
-fn end_ftrace_run(s: &Session, discard: bool) {
-    let (filter, readers) = match &mut s.lock().run {
-        Some(Run::Ftrace { filter, readers }) => (filter.clone(), readers.take()),
-        _ => return,
-    };
-    filter.close();
-    let instance = filter.instance();
-    let _ = instance.set_tracing_on(false);
-    if discard {
-        let _ = instance.clear_buffers();
-    }
-    if let Some(r) = readers {
-        r.stop_and_join();
-    }
-    s.store.add_lost_kernel(overrun(instance));
-    if let Err(e) = instance.remove() {
-        warn!(session = s.id, error = %e, "cannot remove the ftrace instance");
-    }
-    // Dropped outside the lock: an instance whose removal failed is retried by Drop.
-    let run = s.lock().run.take();
-    drop(run);
-}
+/// Name of the node's shared recording's instance (under the tracefs prefix).
+const SHARED: &str = "rec";
 
-/// Starts a built-in session's run; returns the plan's duration. Blocking; the caller holds the
-/// session's operation lock (no stop or delete meanwhile) but not its state lock, which is
-/// taken only to publish the run. From then on a container that registers is attached by
-/// [`SessionManager::registered`] and those listed at that moment are this start's to write:
-/// each is in the filter either way, and the procfs reads and filter writes (tens of ms each)
-/// keep no GET, stats or attachment waiting.
-fn start_ftrace(
-    s: &Session,
-    plan: &FtracePlan,
-    tracefs: &Tracefs,
-    registry: &Registry,
-    settings: &Settings,
-    node: &str,
-) -> Result<Option<Duration>, StartFailure> {
-    let p = program(tracefs, &s.id.to_string(), plan, settings.buffer_kb, s.id)?;
-    let instance = Arc::new(p.instance);
-    let from_ts = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let decoding = events::Decoding {
-        header: p.header,
-        exec_ids: Arc::new(p.exec_ids),
-        fork: p.fork,
-        exit: p.exit,
-        hidden: Arc::new(p.hidden),
-        from_ts: from_ts.clone(),
-    };
-    let (resolver, store) = (s.resolver.clone(), s.store.clone());
-    let readers = Readers::start(&instance, p.page_size, |cpu, progress| {
-        events::page_consumer(cpu, decoding.clone(), resolver.clone(), store.clone(), progress)
-    })
-    .map_err(StartFailure::kernel("ring-buffer readers"))?;
-    let formats = Arc::new(p.formats);
-    let filter = Arc::new(PidFilter::new(instance.clone(), p.functions, p.mono, from_ts));
-    let containers: Vec<Attached> = {
-        let mut st = s.lock();
-        // Export is wired before recording starts, so it sees every event of the run.
-        let export = settings.exporter.as_ref().map(|ex| {
-            let ctx = SessionContext {
-                id: s.id,
-                trace_id: s.trace_id,
-                node: node.to_owned(),
-                service_name: ex.config().service_name.clone(),
-                hook: s.spec.trace_hook.clone(),
-                arguments: s.spec.trace_arguments.clone(),
-                user_context: s.spec.trace_user_context.clone(),
-                extra: ex.config().resource.clone(),
+impl SessionManager {
+    /// A new resolver for a recording's threads.
+    fn recording_resolver(&self) -> Arc<Resolver> {
+        Arc::new(Resolver::new(self.registry.procfs().clone(), self.saved.clone()))
+    }
+
+    /// Joins `s` to the node's shared recording (opened for it when there is none) or, when
+    /// its plan cannot share, to a recording of its own.
+    fn join_recording(&self, s: &Session, plan: &FtracePlan) -> Result<(Arc<Recording>, Joined), StartFailure> {
+        let buffer_kb = self.settings.buffer_kb;
+        if !plan.shareable() {
+            let rec = Recording::open(
+                &self.tracefs,
+                &s.id.to_string(),
+                buffer_kb,
+                plan.functions.as_deref(),
+                true,
+                self.recording_resolver(),
+            )?;
+            return match rec.join(&self.tracefs, s.id, plan, s.store.clone()) {
+                Ok(j) => Ok((rec, j)),
+                Err(e) => {
+                    rec.shut();
+                    Err(e)
+                }
             };
-            let containers = st
-                .containers
-                .values()
-                .map(|a| (a.tag.clone(), a.init, a.at_creation.then_some(a.created_unix_ns).filter(|t| *t > 0)))
-                .collect();
-            let (sink, handle) = ex.start_session(ctx, formats.clone(), s.export.clone(), containers);
-            s.store.add_sink(Box::new(sink));
-            handle
-        });
-        let mut output = vec![
-            format!("ftrace instance {}", instance.name()),
-            format!("events: GET /v1/trace-session/{}/events", s.id),
-        ];
-        if export.is_some() {
-            output.push(format!("OTLP trace id {}", crate::export::hex(&s.trace_id)));
         }
-        st.output = Some(output);
-        st.export = export;
-        st.error = None;
-        st.formats = formats;
-        st.run = Some(Run::Ftrace { filter: filter.clone(), readers: Some(readers) });
-        st.containers.values().cloned().collect()
-    };
-    // With no thread yet the run records nothing until its first container comes: an empty
-    // filter would record the whole host.
-    let tids: Vec<u32> = containers.iter().flat_map(|a| container_tids(registry, a, &s.resolver)).collect();
-    if !tids.is_empty() {
-        if let Err(e) = filter.commit(filter.push(&tids)) {
-            end_ftrace_run(s, true);
-            close_consumers(s);
-            return Err(StartFailure::PidFilter(e));
-        }
-        // Threads forked between the first look and the filter write were not in the filter
-        // (nor followed, their parents not being in it yet): those still running are added now.
-        let seen: std::collections::HashSet<u32> = tids.iter().copied().collect();
-        let late: Vec<u32> = containers
-            .iter()
-            .flat_map(|a| container_tids(registry, a, &s.resolver))
-            .filter(|t| !seen.contains(t))
-            .collect();
-        if !late.is_empty() {
-            if let Err(e) = filter.commit(filter.push(&late)) {
-                warn!(session = s.id, error = %e, threads = late.len(), "cannot add threads forked during the start");
+        // Joins and leaves of the shared recording take this lock, so a leave that finds it
+        // empty and closes it cannot race a join.
+        let mut shared = self.shared();
+        let rec = match &*shared {
+            Some(r) => r.clone(),
+            None => {
+                let r = Recording::open(&self.tracefs, SHARED, buffer_kb, None, false, self.recording_resolver())?;
+                *shared = Some(r.clone());
+                r
+            }
+        };
+        match rec.join(&self.tracefs, s.id, plan, s.store.clone()) {
+            Ok(j) => Ok((rec, j)),
+            Err(e) => {
+                if rec.sessions() == 0 {
+                    rec.shut();
+                    *shared = None;
+                }
+                Err(e)
             }
         }
     }
-    info!(session = s.id, instance = %instance.name(), threads = tids.len(), "ftrace instance recording");
-    Ok(plan.duration)
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Option<Arc<Recording>>> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends a built-in session's run, if it has one: its window closed at now, what was
+    /// recorded up to then delivered to it (with `discard`, not waited for: nothing could see
+    /// it), its slot withdrawn, its events released, and the recording closed when no session
+    /// is left on it; only then is the run taken away, so a client that sees the session
+    /// stopped finds nothing of it left in the kernel. Blocking; done without the session lock:
+    /// GET, stats and /metrics answer meanwhile.
+    fn end_ftrace_run(&self, s: &Session, discard: bool) {
+        let (recording, slot) = match &s.lock().run {
+            Some(Run::Ftrace { recording, slot }) => (recording.clone(), slot.clone()),
+            _ => return,
+        };
+        s.store.add_lost_kernel(recording.close(&slot, discard));
+        if recording.dedicated() {
+            recording.shut();
+        } else {
+            let mut shared = self.shared();
+            if let Ok(Plan::Ftrace(plan)) = &s.plan {
+                recording.release(plan);
+            }
+            if recording.sessions() == 0 {
+                recording.shut();
+                if shared.as_ref().is_some_and(|r| Arc::ptr_eq(r, &recording)) {
+                    *shared = None;
+                }
+            }
+        }
+        // Dropped outside the lock.
+        let run = s.lock().run.take();
+        drop(run);
+    }
+
+    /// Starts a built-in session's run; returns the plan's duration. Blocking; the caller holds
+    /// the session's operation lock (no stop or delete meanwhile) but not its state lock, which
+    /// is taken only to publish the run. From then on a container that registers is attached
+    /// by [`SessionManager::registered`] and those listed at that moment are this start's to
+    /// write: each is in the filter either way, and the procfs reads and filter writes (tens
+    /// of ms each) keep no GET, stats or attachment waiting.
+    fn start_ftrace(&self, s: &Session, plan: &FtracePlan) -> Result<Option<Duration>, StartFailure> {
+        let (recording, Joined { slot, formats }) = self.join_recording(s, plan)?;
+        let formats = Arc::new(formats);
+        let containers: Vec<Attached> = {
+            let mut st = s.lock();
+            // Export is wired before the session's window opens, so it sees every event of the run.
+            let export = self.settings.exporter.as_ref().map(|ex| {
+                let ctx = SessionContext {
+                    id: s.id,
+                    trace_id: s.trace_id,
+                    node: self.node.clone(),
+                    service_name: ex.config().service_name.clone(),
+                    hook: s.spec.trace_hook.clone(),
+                    arguments: s.spec.trace_arguments.clone(),
+                    user_context: s.spec.trace_user_context.clone(),
+                    extra: ex.config().resource.clone(),
+                };
+                let containers = st
+                    .containers
+                    .values()
+                    .map(|a| (a.tag.clone(), a.init, a.at_creation.then_some(a.created_unix_ns).filter(|t| *t > 0)))
+                    .collect();
+                let (sink, handle) = ex.start_session(ctx, formats.clone(), s.export.clone(), containers);
+                s.store.add_sink(Box::new(sink));
+                handle
+            });
+            let mut output = vec![
+                format!("ftrace instance {}", recording.name()),
+                format!("events: GET /v1/trace-session/{}/events", s.id),
+            ];
+            if export.is_some() {
+                output.push(format!("OTLP trace id {}", crate::export::hex(&s.trace_id)));
+            }
+            st.output = Some(output);
+            st.export = export;
+            st.error = None;
+            st.formats = formats;
+            st.run = Some(Run::Ftrace { recording: recording.clone(), slot: slot.clone() });
+            let containers: Vec<Attached> = st.containers.values().cloned().collect();
+            // In the session's slot and known to the resolver before their threads are in
+            // the filter: nothing they do from then on is missed.
+            for a in &containers {
+                slot.add_container(&a.tag.id);
+                recording.resolver().add_container(a.init, a.tag.clone());
+            }
+            containers
+        };
+        // Only the containers whose threads the recording does not follow yet need a write:
+        // with an empty filter the instance would record the whole host, so it records
+        // nothing until its first container comes.
+        let fresh: Vec<&Attached> = containers.iter().filter(|a| recording.hold(&a.tag.id)).collect();
+        let tids: Vec<u32> =
+            fresh.iter().flat_map(|a| container_tids(&self.registry, a, recording.resolver())).collect();
+        if !tids.is_empty() {
+            let filter = recording.filter();
+            if let Err(e) = filter.commit(filter.push(&tids)) {
+                for a in &fresh {
+                    recording.unhold(&a.tag.id);
+                }
+                self.end_ftrace_run(s, true);
+                close_consumers(s);
+                return Err(StartFailure::PidFilter(e));
+            }
+            // Threads forked between the first look and the filter write were not in the filter
+            // (nor followed, their parents not being in it yet): those still running are added now.
+            let seen: std::collections::HashSet<u32> = tids.iter().copied().collect();
+            let late: Vec<u32> = fresh
+                .iter()
+                .flat_map(|a| container_tids(&self.registry, a, recording.resolver()))
+                .filter(|t| !seen.contains(t))
+                .collect();
+            if !late.is_empty() {
+                if let Err(e) = filter.commit(filter.push(&late)) {
+                    warn!(session = s.id, error = %e, threads = late.len(), "cannot add threads forked during the start");
+                }
+            }
+        }
+        slot.open_at(monotonic_ns());
+        info!(session = s.id, instance = %recording.name(), sessions = recording.sessions(), threads = tids.len(), "session recording");
+        Ok(plan.duration)
+    }
 }

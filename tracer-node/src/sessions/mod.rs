@@ -1,7 +1,9 @@
 //! Trace sessions: a set of containers (chosen by pod and container patterns, and kept up to
 //! date as containers come and go), one trace hook with its arguments, a user context, and a
-//! running state. A running built-in session is one ftrace instance of ours, filtered to every
-//! thread of its containers, read losslessly through the per-CPU raw pipes.
+//! running state. A running built-in session has a slot on a recording: the node's one ftrace
+//! instance shared by every session that can share it (or one of its own), filtered to every
+//! thread of its sessions' containers, read losslessly through the per-CPU raw pipes and
+//! routed to each session.
 
 mod attach;
 mod auto;
@@ -12,7 +14,9 @@ mod lifecycle;
 pub mod lineage;
 pub mod pid_filter;
 pub mod program;
+pub mod recording;
 pub mod resolver;
+pub mod routing;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,15 +25,11 @@ use std::{
 
 use tracer_api::v1::NewSession;
 
-use self::{
-    events::EventStore,
-    pid_filter::PidFilter,
-    resolver::{Resolver, SavedTasks},
-};
+use self::{events::EventStore, recording::Recording, resolver::SavedTasks, routing::Slot};
 use crate::{
     batch::ContainerTag,
     export::{ExportCounters, Exporter, SessionExport},
-    ftrace::{format::EventFormat, reader::Readers, Tracefs},
+    ftrace::{format::EventFormat, Tracefs},
     hooks::{external::RunningExternal, Catalog, HookError, Plan},
     metrics::Metrics,
     registry::{Entry, Registry, RegistryObserver},
@@ -99,6 +99,9 @@ pub enum SessionError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
     /// tracefs could not be cleaned up.
     #[error("tracefs: {0}")]
     Tracefs(#[from] crate::ftrace::TracefsError),
@@ -156,20 +159,19 @@ struct Attached {
 }
 
 enum Run {
-    /// The filter (and through it the instance) is shared so that statistics are read and
-    /// threads added without the session lock. A stop takes `readers` first and then closes
-    /// the filter: from then on nothing is added to the instance.
+    /// The session's slot on a recording; the recording is shared so that statistics are read
+    /// and threads added without the session lock.
     Ftrace {
-        filter: Arc<PidFilter>,
-        readers: Option<Readers>,
+        recording: Arc<Recording>,
+        slot: Arc<Slot>,
     },
-    External(RunningExternal),
+    External(Box<RunningExternal>),
 }
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Run::Ftrace { filter, .. } => write!(f, "Ftrace({filter:?})"),
+            Run::Ftrace { recording, .. } => write!(f, "Ftrace({})", recording.name()),
             Run::External(_) => write!(f, "External"),
         }
     }
@@ -200,7 +202,6 @@ pub struct Session {
     /// Made by a pod's trace annotations.
     auto: bool,
     store: Arc<EventStore>,
-    resolver: Arc<Resolver>,
     /// The OTLP trace of the session (all its runs).
     trace_id: [u8; 16],
     export: Arc<ExportCounters>,
@@ -254,8 +255,11 @@ pub struct SessionManager {
     registry: Arc<Registry>,
     settings: Settings,
     sessions: Mutex<BTreeMap<u64, Arc<Session>>>,
-    /// What the kernel remembers of gone threads, shared by every session's resolver.
+    /// What the kernel remembers of gone threads, shared by every recording's resolver.
     saved: Arc<SavedTasks>,
+    /// The recording shared by the sessions that can share one, while any runs. Held by the
+    /// joins and leaves of it (blocking threads only), never by a request's answer.
+    shared: Mutex<Option<Arc<Recording>>>,
     /// Held from the check of the running limits to the end of a start, so two starts cannot
     /// both take the last place.
     start_gate: tokio::sync::Mutex<()>,
@@ -305,6 +309,7 @@ impl SessionManager {
             settings,
             sessions: Mutex::new(BTreeMap::new()),
             saved: saved.clone(),
+            shared: Mutex::default(),
             start_gate: tokio::sync::Mutex::new(()),
             cpus,
             auto: Mutex::default(),

@@ -158,7 +158,7 @@ impl PidFilter {
 }
 
 /// CLOCK_MONOTONIC now, in ns: the instances' `mono` trace clock.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }

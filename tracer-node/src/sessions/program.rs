@@ -1,7 +1,7 @@
-//! Kernel programming of a built-in session's run: one new ftrace instance with the plan's
-//! buffer size, clock, options, events, filters and function tracer, and what the readers need
-//! to decode its pages. Nothing here records yet: recording starts with the first pid filter
-//! write (see [`super::pid_filter`]).
+//! Kernel programming of a recording (see [`super::recording`]): one new ftrace instance with
+//! its buffer size, clock, options, attribution events and function tracer, and what the
+//! readers need to decode its pages; and the formats of what a session asks for. Nothing here
+//! records yet: recording starts with the first pid filter write (see [`super::pid_filter`]).
 
 use std::collections::HashMap;
 
@@ -13,7 +13,7 @@ use crate::{
         format::{EventFormat, PageHeader},
         Instance, Tracefs, TracefsError,
     },
-    hooks::FtracePlan,
+    hooks::{EventSel, FtracePlan},
 };
 
 /// Why a run could not start. Its text is what the session's `Error` shows.
@@ -64,72 +64,84 @@ impl StartFailure {
     }
 }
 
-/// A programmed instance, recording off, and how to read it.
+/// A recording's instance, programmed, recording off, and how to read it.
 pub struct Programmed {
     /// The instance.
     pub instance: Instance,
-    /// Whether its clock is `mono` (comparable with ours).
-    pub mono: bool,
-    /// Whether the function tracer is on (its pid filter is `set_ftrace_pid`).
-    pub functions: bool,
-    /// The formats of the events it records, by id.
-    pub formats: HashMap<u16, EventFormat>,
     /// The ring-buffer page layout.
     pub header: PageHeader,
     /// Bytes per ring-buffer page.
     pub page_size: usize,
-    /// Events that start a new program in a thread.
-    pub exec_ids: Vec<u16>,
-    /// The fork event, recorded in every run to tie children to containers.
+    /// The fork event, recorded in every recording to tie children to containers.
     pub fork: Option<ForkEvent>,
     /// The exit event, which ends a thread id's life.
     pub exit: Option<ExitEvent>,
-    /// Events recorded for attribution only.
-    pub hidden: Vec<u16>,
+    /// The selections enabled for attribution, wanted as long as the recording lives.
+    pub base: Vec<EventSel>,
 }
 
-/// Creates instance `name` (under the tracefs prefix) and programs it for `plan`. Blocking and
-/// slow (enabling a few hundred events takes the kernel 100 ms and more): call it off the async
-/// workers and without the session's lock. On failure the instance is removed (dropped).
+/// Creates instance `name` (under the tracefs prefix) for a recording: buffer, the `mono`
+/// clock, `event-fork`, `record-tgid`, the function tracer when `functions` is given, and the
+/// fork and exit events. Blocking: call it off the async workers. On failure the instance is
+/// removed (dropped).
 pub fn program(
     tracefs: &Tracefs,
     name: &str,
-    plan: &FtracePlan,
     buffer_kb: u64,
-    session: u64,
+    functions: Option<&[String]>,
 ) -> Result<Programmed, StartFailure> {
     let instance = Instance::create(tracefs, name).map_err(StartFailure::kernel("ftrace instance"))?;
     instance.set_buffer_size_kb(buffer_kb).map_err(StartFailure::kernel("buffer size"))?;
-    // The monotonic clock, so timestamps can be converted to wall time (and compared across CPUs).
-    let mono = match instance.use_mono_clock() {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(session, error = %e, "cannot use the mono trace clock; keeping the default");
-            false
-        }
-    };
+    // CLOCK_MONOTONIC: comparable across CPUs and with ours, which the sessions' start and
+    // stop boundaries in a shared recording need (every kernel since 3.17 has it).
+    instance.use_mono_clock().map_err(StartFailure::kernel("the mono trace clock"))?;
     instance.set_option("event-fork", true).map_err(StartFailure::kernel("event-fork option"))?;
     // The kernel then remembers each thread's process, for threads gone before we look.
     if let Err(e) = instance.set_option("record-tgid", true) {
-        warn!(session, error = %e, "cannot set record-tgid; exited threads show tgid = pid");
+        warn!(instance = name, error = %e, "cannot set record-tgid; exited threads show tgid = pid");
     }
-    let mut formats = HashMap::new();
-    let functions = plan.functions.is_some();
-    if let Some(list) = &plan.functions {
+    if let Some(list) = functions {
         let refused = |what| move |source| StartFailure::FunctionTracer { what, source };
         instance.set_option("function-fork", true).map_err(refused("function-fork"))?;
         if !list.is_empty() {
             instance.set_ftrace_filter(list).map_err(refused("set_ftrace_filter"))?;
         }
         instance.use_function_tracer().map_err(refused("current_tracer"))?;
+    }
+    let header = tracefs.page_header().map_err(StartFailure::kernel("ring-buffer page header"))?;
+    let page_size = instance.subbuf_size().unwrap_or(header.data_offset + header.data_size);
+    // Fork and exit events tie the threads that are gone before their events are read to their
+    // containers: recorded always, routed only to the sessions that asked for them.
+    let mut base = Vec::new();
+    let mut lineage = |name: &str| -> Result<Option<EventFormat>, StartFailure> {
+        let format = match tracefs.event_format("sched", name) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "no {name} format; exited processes may lose their container");
+                return Ok(None);
+            }
+        };
+        instance.enable_event("sched", Some(name)).map_err(StartFailure::kernel(name))?;
+        base.push(EventSel { system: "sched".into(), event: Some(name.into()) });
+        Ok(Some(format))
+    };
+    let fork = lineage("sched_process_fork")?.as_ref().and_then(ForkEvent::from_format);
+    let exit = lineage("sched_process_exit")?.as_ref().map(ExitEvent::from_format);
+    Ok(Programmed { instance, header, page_size, fork, exit, base })
+}
+
+/// The formats of the events `plan` asks for (a whole system's, for a system), by id; an
+/// event whose format cannot be read is left out (it cannot be routed nor decoded).
+pub fn plan_formats(tracefs: &Tracefs, plan: &FtracePlan) -> Result<HashMap<u16, EventFormat>, StartFailure> {
+    let mut formats = HashMap::new();
+    if plan.functions.is_some() {
         match tracefs.event_format("ftrace", "function") {
             Ok(f) => {
                 formats.insert(f.id, f);
             }
-            Err(e) => warn!(session, error = %e, "function event format unreadable"),
+            Err(e) => warn!(error = %e, "function event format unreadable"),
         }
     }
-
     for sel in &plan.events {
         let names = match &sel.event {
             Some(e) => vec![e.clone()],
@@ -142,46 +154,11 @@ pub fn program(
                 Ok(f) => {
                     formats.insert(f.id, f);
                 }
-                Err(e) => warn!(session, error = %e, "event format unreadable; its events are shown undecoded"),
+                Err(e) => warn!(error = %e, "event format unreadable; its events cannot be shown"),
             }
-        }
-        let target = sel.event.as_deref().map_or(sel.system.clone(), |e| format!("{}:{e}", sel.system));
-        instance
-            .enable_event(&sel.system, sel.event.as_deref())
-            .map_err(StartFailure::kernel(format!("kernel refused to enable {target}")))?;
-        if let (Some(expr), Some(e)) = (&plan.filter, &sel.event) {
-            instance
-                .set_filter(&sel.system, e, expr)
-                .map_err(StartFailure::kernel(format!("kernel refused the filter on {target}")))?;
         }
     }
-    let header = tracefs.page_header().map_err(StartFailure::kernel("ring-buffer page header"))?;
-    let page_size = instance.subbuf_size().unwrap_or(header.data_offset + header.data_size);
-    // Fork and exit events tie the threads that are gone before their events are read to their
-    // containers: recorded in every run, shown only when the hook asked for them.
-    let mut hidden = Vec::new();
-    let mut lineage = |name: &str| -> Result<Option<EventFormat>, StartFailure> {
-        let format = match tracefs.event_format("sched", name) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(session, error = %e, "no {name} format; exited processes may lose their container");
-                return Ok(None);
-            }
-        };
-        if !formats.contains_key(&format.id) {
-            instance.enable_event("sched", Some(name)).map_err(StartFailure::kernel(name))?;
-            hidden.push(format.id);
-        }
-        Ok(Some(format))
-    };
-    let fork = lineage("sched_process_fork")?.as_ref().and_then(ForkEvent::from_format);
-    let exit = lineage("sched_process_exit")?.as_ref().map(ExitEvent::from_format);
-    let exec_ids = formats
-        .values()
-        .filter(|f| matches!(f.name.as_str(), "sched_process_exec" | "sys_exit_execve" | "sys_exit_execveat"))
-        .map(|f| f.id)
-        .collect();
-    Ok(Programmed { instance, mono, functions, formats, header, page_size, exec_ids, fork, exit, hidden })
+    Ok(formats)
 }
 
 /// The kernel's overrun count of an instance, over its CPUs: events overwritten unread.

@@ -1,0 +1,560 @@
+//! Demultiplexing one recording's events to its sessions.
+//!
+//! Every record a recording's readers take is tied once to its thread and container (through
+//! the recording's resolver, fed by the fork and exit events), then offered to the
+//! recording's routing table: each session has a slot with the event ids it asked for, the
+//! containers attached to it and the window of its run (`from_ts` to `until_ts`, trace clock).
+//! A record goes into the batch of every slot that wants its event, holds its container and
+//! whose window holds its time; nothing of one session reaches another. The table is swapped
+//! whole (copy on write) when a session joins or leaves; a slot's containers likewise.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use tracing::debug;
+
+use super::{
+    events::{EventStore, ExitEvent, ForkEvent},
+    resolver::Resolver,
+};
+use crate::{
+    batch::{Batch, ContainerTag, Record, TaskInfo},
+    ftrace::{
+        barrier::Progress,
+        format::PageHeader,
+        reader::PageConsumer,
+        ring::{parse_page, Page, RawEvent},
+    },
+};
+
+/// How long a thread's command and process are trusted before procfs is asked again.
+const TASK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Threads remembered per CPU reader.
+const MAX_CACHED_TASKS: usize = 65_536;
+
+/// How long a reader waits for the other CPUs' readers before it gives up on a thread it
+/// cannot tie to a container. They answer within a drain, but a drain of a full backlog on a
+/// loaded machine took over 500 ms (6 of 11,708 events lost their container at load 5); the
+/// waiting CPU's ring buffer holds seconds of events, so waiting longer loses nothing.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A set of event ids (`common_type`, 16 bits): one bit each.
+#[derive(Clone)]
+pub struct EventSet(Box<[u64]>);
+
+impl Default for EventSet {
+    fn default() -> Self {
+        Self(vec![0; 1 << 10].into_boxed_slice())
+    }
+}
+
+impl std::fmt::Debug for EventSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventSet({} ids)", self.0.iter().map(|w| w.count_ones()).sum::<u32>())
+    }
+}
+
+impl EventSet {
+    /// The set of `ids`.
+    pub fn of(ids: impl IntoIterator<Item = u16>) -> Self {
+        let mut s = Self::default();
+        for id in ids {
+            s.insert(id);
+        }
+        s
+    }
+
+    /// Adds `id`.
+    pub fn insert(&mut self, id: u16) {
+        self.0[usize::from(id >> 6)] |= 1 << (id & 63);
+    }
+
+    /// Whether `id` is in.
+    pub fn contains(&self, id: u16) -> bool {
+        self.0[usize::from(id >> 6)] & (1 << (id & 63)) != 0
+    }
+
+    /// Adds every id of `other`.
+    pub fn union(&mut self, other: &EventSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a |= b;
+        }
+    }
+}
+
+/// Not started yet, or not stopped yet.
+const OPEN: u64 = u64::MAX;
+
+/// One session's place in a recording's routing table.
+#[derive(Debug)]
+pub struct Slot {
+    /// The session.
+    pub session: u64,
+    events: EventSet,
+    /// Events after which a thread has a new command.
+    exec: Vec<u16>,
+    /// Ids of the containers attached to the session (copy on write).
+    containers: RwLock<Arc<HashSet<String>>>,
+    /// Its run's first timestamp ([`OPEN`] until its threads are in the pid filter).
+    from_ts: AtomicU64,
+    /// Its run's last timestamp ([`OPEN`] while it runs).
+    until_ts: AtomicU64,
+    /// Where its events go.
+    pub store: Arc<EventStore>,
+    /// The recording's overrun count when the session joined: its kernel losses are those
+    /// after it.
+    pub overrun_base: u64,
+}
+
+impl Slot {
+    /// A slot for `session`, taking `events`, not started.
+    pub fn new(session: u64, events: EventSet, exec: Vec<u16>, store: Arc<EventStore>, overrun_base: u64) -> Self {
+        Self {
+            session,
+            events,
+            exec,
+            containers: RwLock::default(),
+            from_ts: AtomicU64::new(OPEN),
+            until_ts: AtomicU64::new(OPEN),
+            store,
+            overrun_base,
+        }
+    }
+
+    /// Attaches container `id`: its events are the session's from now on.
+    pub fn add_container(&self, id: &str) {
+        let mut c = self.containers.write().unwrap_or_else(|p| p.into_inner());
+        if !c.contains(id) {
+            Arc::make_mut(&mut c).insert(id.to_owned());
+        }
+    }
+
+    fn containers(&self) -> Arc<HashSet<String>> {
+        self.containers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The run begins at `ts`: events before are not the session's.
+    pub fn open_at(&self, ts: u64) {
+        self.from_ts.store(ts, Ordering::Release);
+    }
+
+    /// The run ends at `ts`: events after are not the session's.
+    pub fn close_at(&self, ts: u64) {
+        self.until_ts.store(ts, Ordering::Release);
+    }
+
+    fn window(&self) -> (u64, u64) {
+        (self.from_ts.load(Ordering::Acquire), self.until_ts.load(Ordering::Acquire))
+    }
+}
+
+/// The routing table: the slots, and what any of them wants.
+#[derive(Debug, Default)]
+pub struct Routes {
+    slots: Vec<Arc<Slot>>,
+    wanted: EventSet,
+    exec: EventSet,
+}
+
+impl Routes {
+    fn of(slots: Vec<Arc<Slot>>) -> Self {
+        let (mut wanted, mut exec) = (EventSet::default(), EventSet::default());
+        for s in &slots {
+            wanted.union(&s.events);
+            for id in &s.exec {
+                exec.insert(*id);
+            }
+        }
+        Self { slots, wanted, exec }
+    }
+}
+
+/// What a recording's readers share: the page layout, the attribution events, the resolver
+/// and the routing table.
+#[derive(Debug)]
+pub struct Router {
+    header: PageHeader,
+    fork: Option<ForkEvent>,
+    exit: Option<ExitEvent>,
+    /// Ties threads to the containers of the recording's sessions.
+    pub resolver: Arc<Resolver>,
+    routes: RwLock<Arc<Routes>>,
+    /// Records wanted by some session whose thread could be tied to no container while more
+    /// than one session shared the recording: no session can be told they are its.
+    unattributed: AtomicU64,
+}
+
+impl Router {
+    /// A router with no session.
+    pub fn new(header: PageHeader, fork: Option<ForkEvent>, exit: Option<ExitEvent>, resolver: Arc<Resolver>) -> Self {
+        Self { header, fork, exit, resolver, routes: RwLock::default(), unattributed: AtomicU64::new(0) }
+    }
+
+    fn routes(&self) -> Arc<Routes> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds a slot to the table.
+    pub fn publish(&self, slot: Arc<Slot>) {
+        let mut r = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let mut slots = r.slots.clone();
+        slots.push(slot);
+        *r = Arc::new(Routes::of(slots));
+    }
+
+    /// Takes a slot out of the table.
+    pub fn withdraw(&self, slot: &Arc<Slot>) {
+        let mut r = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let slots: Vec<Arc<Slot>> = r.slots.iter().filter(|s| !Arc::ptr_eq(s, slot)).cloned().collect();
+        *r = Arc::new(Routes::of(slots));
+    }
+
+    /// The slots in the table.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.routes().slots.clone()
+    }
+
+    /// Records no session could be told were its (see the field).
+    pub fn unattributed(&self) -> u64 {
+        self.unattributed.load(Ordering::Relaxed)
+    }
+
+    /// Builds the consumer of one CPU's pages.
+    ///
+    /// A page is taken in two passes: its fork and exit events first (so the other CPUs'
+    /// readers, which may be waiting for them, can go on), then every event some session wants
+    /// is tied to its thread and routed. A thread that can be tied to no container (gone, and
+    /// its fork not read yet) makes the reader wait once per page for the other CPUs to catch
+    /// up to the page's end, then try again.
+    pub fn consumer(self: &Arc<Self>, cpu: usize, progress: Progress) -> PageConsumer {
+        let router = self.clone();
+        let mut parsed = Page::default();
+        let mut cache: HashMap<i32, Arc<TaskInfo>> = HashMap::new();
+        Box::new(move |page: Vec<u8>| {
+            parse_page(&page, &router.header, &mut parsed);
+            for ev in &parsed.events {
+                let Some((id, pid)) = ids(&page, ev) else { continue };
+                let payload = &page[ev.offset..ev.offset + ev.len];
+                if let Some(fork) = router.fork.filter(|f| f.id == id) {
+                    if let Some((parent, child)) = fork.parse(payload) {
+                        router.resolver.forked(parent, child, ev.ts, fork.comm(payload));
+                        // A new thread: whatever was cached under its id was another's.
+                        cache.remove(&(child as i32));
+                    }
+                } else if let Some(exit) = router.exit.filter(|e| e.id == id) {
+                    if let Ok(tid) = u32::try_from(pid) {
+                        router.resolver.exited(tid, ev.ts, exit.comm(payload));
+                    }
+                }
+            }
+            let Some(last_ts) = parsed.events.last().map(|e| e.ts) else { return };
+            progress.consumed(last_ts);
+            // Read after the page: a slot published after this was opened after every event
+            // of the page was recorded.
+            let routes = router.routes();
+            if !routes.slots.is_empty() {
+                router.route(cpu as u32, Arc::new(page), &parsed, &routes, &mut cache, &progress, last_ts);
+            }
+            progress.delivered(last_ts);
+        })
+    }
+
+    /// Ties the wanted events of one parsed page to their threads and hands each to the
+    /// batches of the slots it belongs to.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &self,
+        cpu: u32,
+        page: Arc<Vec<u8>>,
+        parsed: &Page,
+        routes: &Routes,
+        cache: &mut HashMap<i32, Arc<TaskInfo>>,
+        progress: &Progress,
+        last_ts: u64,
+    ) {
+        let slots = &routes.slots;
+        let windows: Vec<(u64, u64)> = slots.iter().map(|s| s.window()).collect();
+        let containers: Vec<Arc<HashSet<String>>> = slots.iter().map(|s| s.containers()).collect();
+        let mut out: Vec<Vec<Record>> = vec![Vec::new(); slots.len()];
+        // The slots holding each container met in this page, by its tag (a page holds few).
+        let mut holders: Vec<(*const ContainerTag, Vec<usize>)> = Vec::new();
+        let mut caught_up = false;
+        let mut unknown: Vec<i32> = Vec::new();
+        for ev in &parsed.events {
+            let Some((event_id, pid)) = ids(&page, ev) else { continue };
+            if !routes.wanted.contains(event_id) || windows.iter().all(|&(from, until)| ev.ts < from || ev.ts > until) {
+                continue;
+            }
+            // After an exec the thread has a new command: ask procfs again.
+            let stale = routes.exec.contains(event_id) || cache.get(&pid).is_some_and(|t| t.seen.elapsed() > TASK_TTL);
+            if stale {
+                cache.remove(&pid);
+            }
+            if cache.len() >= MAX_CACHED_TASKS {
+                cache.clear();
+            }
+            let task = match cache.get(&pid) {
+                Some(t) => t.clone(),
+                None => {
+                    let mut info = self.resolver.resolve(pid, ev.ts);
+                    if info.container.is_none() && !caught_up {
+                        caught_up = true;
+                        if !progress.wait_for_others(last_ts, CATCH_UP) {
+                            debug!(cpu, "the other CPUs' readers did not catch up in time");
+                        }
+                        info = self.resolver.resolve(pid, ev.ts);
+                    }
+                    if info.container.is_none() {
+                        unknown.push(pid);
+                    }
+                    let info = Arc::new(info);
+                    cache.insert(pid, info.clone());
+                    info
+                }
+            };
+            let at = match &task.container {
+                Some(tag) => {
+                    let key = Arc::as_ptr(tag);
+                    match holders.iter().position(|(k, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            let held = (0..slots.len()).filter(|&i| containers[i].contains(&tag.id)).collect();
+                            holders.push((key, held));
+                            holders.len() - 1
+                        }
+                    }
+                }
+                // Alone in the recording, the session holds every thread the pid filter lets
+                // through; shared, an unknown thread is no session's for sure.
+                None if slots.len() == 1 => usize::MAX,
+                None => {
+                    self.unattributed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let rec = Record { ts: ev.ts, pid, event_id, offset: ev.offset as u32, len: ev.len as u32, task };
+            let targets: &[usize] = if at == usize::MAX { &[0] } else { &holders[at].1 };
+            for &i in targets {
+                let (from, until) = windows[i];
+                if slots[i].events.contains(event_id) && ev.ts >= from && ev.ts <= until {
+                    out[i].push(rec.clone());
+                }
+            }
+        }
+        // Not known yet is not known for good: the next page asks again.
+        for pid in unknown {
+            cache.remove(&pid);
+        }
+        for (slot, records) in slots.iter().zip(out) {
+            if !records.is_empty() {
+                slot.store.push(Batch { cpu, page: page.clone(), records });
+            }
+        }
+    }
+}
+
+/// (event id, thread id) of an event of `page`.
+fn ids(page: &[u8], ev: &RawEvent) -> Option<(u16, i32)> {
+    let p = page.get(ev.offset..ev.offset + ev.len).filter(|p| p.len() >= 8)?;
+    Some((u16::from_ne_bytes([p[0], p[1]]), i32::from_ne_bytes([p[4], p[5], p[6], p[7]])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ftrace::{barrier::Barrier, ring::tests::PageBuilder},
+        registry::procfs::Procfs,
+    };
+
+    fn tag(id: &str) -> Arc<ContainerTag> {
+        Arc::new(ContainerTag {
+            id: id.into(),
+            pod: id.into(),
+            namespace: "n".into(),
+            name: id.into(),
+            runtime: String::new(),
+            workload: Vec::new(),
+        })
+    }
+
+    fn payload(id: u16, pid: i32) -> Vec<u8> {
+        let mut p = vec![0u8; 16];
+        p[0..2].copy_from_slice(&id.to_ne_bytes());
+        p[4..8].copy_from_slice(&pid.to_ne_bytes());
+        p
+    }
+
+    /// A `sched_process_fork` payload as the kernel lays it out here (id 9).
+    fn fork_payload(by: i32, parent: i32, child: i32) -> Vec<u8> {
+        let mut p = payload(9, by);
+        p.resize(48, 0);
+        p[24..28].copy_from_slice(&parent.to_ne_bytes());
+        p[44..48].copy_from_slice(&child.to_ne_bytes());
+        p
+    }
+
+    fn fork_event() -> ForkEvent {
+        let text = "name: sched_process_fork\nID: 9\nformat:\n\
+            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+            \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+            \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        ForkEvent::from_format(&crate::ftrace::format::parse_event_format("sched", text).expect("format"))
+            .expect("fork layout")
+    }
+
+    fn router(resolver: Arc<Resolver>, fork: Option<ForkEvent>) -> Arc<Router> {
+        Arc::new(Router::new(crate::ftrace::ring::tests::HEADER, fork, None, resolver))
+    }
+
+    /// A slot open from `from`, taking `events` of `containers`.
+    fn slot(session: u64, events: &[u16], containers: &[&str], from: u64) -> (Arc<Slot>, Arc<EventStore>) {
+        let store = Arc::new(EventStore::new(100_000, Arc::default()));
+        let s = Arc::new(Slot::new(session, EventSet::of(events.iter().copied()), vec![], store.clone(), 0));
+        for c in containers {
+            s.add_container(c);
+        }
+        s.open_at(from);
+        (s, store)
+    }
+
+    fn alone() -> Progress {
+        Progress::new(Barrier::new(1).expect("eventfd"), 0)
+    }
+
+    fn got(store: &EventStore) -> Vec<(u16, i32, u64)> {
+        store.snapshot().iter().flat_map(|b| b.records.iter().map(|r| (r.event_id, r.pid, r.ts))).collect()
+    }
+
+    /// CPU 1's reader meets the events of a child that is gone before CPU 0's reader has read
+    /// the fork: it waits for CPU 0, and the child is tied to the right one of two containers.
+    /// The fork events no session asked for are not shown.
+    #[test]
+    fn a_gone_child_read_before_its_fork_is_attributed_once_the_other_cpu_caught_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default()));
+        resolver.add_container(100, tag("a"));
+        resolver.add_container(200, tag("b"));
+        let r = router(resolver, Some(fork_event()));
+        let (s, store) = slot(1, &[5], &["a", "b"], 1);
+        r.publish(s);
+        let barrier = Barrier::new(2).expect("eventfds");
+        let mut cpu0 = r.consumer(0, Progress::new(barrier.clone(), 0));
+        let mut cpu1 = r.consumer(1, Progress::new(barrier.clone(), 1));
+        let child = PageBuilder::new(2000).event(1, &payload(5, 4242)).finish(0);
+        let reader1 = std::thread::spawn(move || cpu1(child));
+        while barrier.requests() == 0 {
+            std::thread::yield_now();
+        }
+        // The fork (by 200's shell 300, itself forked by 200) was recorded earlier on CPU 0.
+        let forks = PageBuilder::new(1000)
+            .event(1, &fork_payload(200, 200, 300))
+            .event(1, &fork_payload(300, 300, 4242))
+            .event(1, &payload(5, 300))
+            .finish(0);
+        cpu0(forks);
+        reader1.join().expect("reader of cpu 1");
+        let batches = store.snapshot();
+        let records: Vec<&Record> = batches.iter().flat_map(|b| b.records.iter()).collect();
+        assert_eq!(records.len(), 2, "the fork events were read for attribution only");
+        for r in records {
+            assert_eq!(r.task.container.as_ref().map(|t| t.id.as_str()), Some("b"), "pid {}", r.pid);
+        }
+    }
+
+    #[test]
+    fn pages_become_tagged_records_and_retention_is_bounded() {
+        let store = Arc::new(EventStore::new(3, Arc::default()));
+        let resolver = Arc::new(Resolver::new(Procfs::new("/proc", "/sys"), Arc::default()));
+        let me = std::process::id();
+        let tag = tag("c");
+        resolver.add_container(me, tag.clone());
+        let r = router(resolver, None);
+        let s = Arc::new(Slot::new(1, EventSet::of([5]), vec![], store.clone(), 0));
+        s.add_container("c");
+        s.open_at(1);
+        r.publish(s);
+        let mut consume = r.consumer(1, alone());
+        let page = PageBuilder::new(10).event(1, &payload(5, me as i32)).event(1, &payload(5, me as i32)).finish(0);
+        consume(page.clone());
+        consume(page);
+        let snap = store.snapshot();
+        assert_eq!(snap.len(), 1, "the oldest page aged out");
+        let rec = &snap[0].records[0];
+        assert_eq!(rec.task.tgid, me as i32);
+        assert_eq!(rec.task.container.as_deref(), Some(&*tag));
+        let s = store.stats(true, 7, (0, 0, 0));
+        assert_eq!((s.events_read, s.events_aged_out, s.events_retained, s.events_lost_kernel), (4, 2, 2, 7));
+    }
+
+    /// Two sessions on one recording: each gets exactly the events it asked for, of the
+    /// containers attached to it, inside its own window; the page is shared, not copied.
+    #[test]
+    fn each_session_gets_exactly_its_events_containers_and_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default()));
+        resolver.add_container(100, tag("a"));
+        resolver.add_container(200, tag("b"));
+        let r = router(resolver, None);
+        // Session 1: event 5 of container a, from ts 1000. Session 2: events 5 and 6 of a and
+        // b, from ts 1010, until 1030.
+        let (s1, st1) = slot(1, &[5], &["a"], 1000);
+        let (s2, st2) = slot(2, &[5, 6], &["a", "b"], 1010);
+        s2.close_at(1030);
+        r.publish(s1.clone());
+        r.publish(s2.clone());
+        let mut consume = r.consumer(0, alone());
+        let mut page = PageBuilder::new(1000);
+        for (delta, id, pid) in [(0, 5, 100), (5, 6, 100), (5, 5, 200), (5, 6, 200), (5, 5, 100), (5, 7, 100)] {
+            page.event(delta, &payload(id, pid));
+        }
+        page.event(10, &payload(5, 100)).event(0, &payload(6, 200));
+        consume(page.finish(0));
+        assert_eq!(got(&st1), vec![(5, 100, 1000), (5, 100, 1020), (5, 100, 1035)]);
+        assert_eq!(got(&st2), vec![(5, 200, 1010), (6, 200, 1015), (5, 100, 1020)], "none after its stop at 1030");
+        let (b1, b2) = (st1.snapshot(), st2.snapshot());
+        assert!(Arc::ptr_eq(&b1[0].page, &b2[0].page), "one page for both sessions");
+        assert_eq!((st1.stats(true, 0, (0, 0, 0)).events_read, st2.stats(true, 0, (0, 0, 0)).events_read), (3, 3));
+
+        // A session that left gets nothing more; a container attached later is routed.
+        r.withdraw(&s2);
+        s1.add_container("b");
+        consume(PageBuilder::new(2000).event(0, &payload(5, 200)).event(0, &payload(6, 200)).finish(0));
+        assert_eq!(got(&st1).last(), Some(&(5, 200, 2000)));
+        assert_eq!(got(&st2).len(), 3);
+    }
+
+    /// A thread tied to no container: the session alone on the recording takes it (the pid
+    /// filter only lets its threads through); shared, no session can be told it is its own.
+    #[test]
+    fn an_unknown_thread_goes_to_a_lone_session_and_to_none_of_several() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default()));
+        resolver.add_container(100, tag("a"));
+        resolver.add_container(200, tag("b"));
+        let r = router(resolver, None);
+        let (s1, st1) = slot(1, &[5], &["a"], 1);
+        r.publish(s1);
+        let mut consume = r.consumer(0, alone());
+        consume(PageBuilder::new(10).event(0, &payload(5, 4242)).finish(0));
+        assert_eq!(got(&st1), vec![(5, 4242, 10)]);
+        let (s2, st2) = slot(2, &[5], &["b"], 1);
+        r.publish(s2);
+        consume(PageBuilder::new(20).event(0, &payload(5, 4243)).finish(0));
+        assert_eq!((got(&st1).len(), got(&st2).len(), r.unattributed()), (1, 0, 1));
+    }
+
+    #[test]
+    fn event_sets_hold_every_16_bit_id() {
+        let mut s = EventSet::of([0, 63, 64, u16::MAX]);
+        assert!(s.contains(0) && s.contains(63) && s.contains(64) && s.contains(u16::MAX));
+        assert!(!s.contains(1) && !s.contains(65_534));
+        s.union(&EventSet::of([7]));
+        assert!(s.contains(7));
+    }
+}
