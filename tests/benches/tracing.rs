@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use e2e::{
@@ -73,33 +73,10 @@ fn container_tracer(bin: &Path, dir: &Path) {
 }
 
 fn perf_record(bin: &Path, dir: &Path) {
-    let data = dir.join("perf.data");
-    let t = Instant::now();
-    let out = Command::new("perf")
-        .args(["record", "-q", "-e", "syscalls:sys_enter_getppid", "-o"])
-        .arg(&data)
-        .arg("--")
-        .arg(bin)
-        .arg(CALLS.to_string())
-        .output()
-        .expect("perf record");
-    let wall = t.elapsed();
-    let report = Command::new("perf").args(["report", "--stats", "-i"]).arg(&data).output().expect("perf report");
-    let text = String::from_utf8_lossy(&report.stdout);
-    let samples = text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("SAMPLE events:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or("?")
-        .to_owned();
-    let lost = text
-        .lines()
-        .find(|l| l.contains("LOST events:"))
-        .map(|l| l.trim().to_owned())
-        .unwrap_or("LOST events: 0".into());
+    let p = e2e::bench::perf_record(bin, dir, CALLS);
     println!("perf record -e syscalls:sys_enter_getppid:");
-    println!("  samples {samples} of {CALLS} calls, {lost}");
-    println!("  workload {:.0} ms, perf record wall {:.0} ms", parse_ns(&out.stdout), wall.as_secs_f64() * 1e3);
+    println!("  samples {} of {CALLS} calls, {}", p.samples, p.lost);
+    println!("  workload {:.0} ms, perf record wall {:.0} ms", p.workload_ms, p.wall_ms);
 }
 
 fn text_trace_pipe(bin: &Path) {

@@ -2,8 +2,10 @@
 
 use std::{
     fs,
+    io::Write,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    time::Instant,
 };
 
 use serde_json::json;
@@ -57,4 +59,89 @@ pub fn workload_bundle(node: &Node, pod: &str, root: &Path, args: &[&str]) -> Bu
     spec["root"]["path"] = json!(root);
     fs::write(&cfg, serde_json::to_vec(&spec).expect("ser")).expect("write cfg");
     bundle
+}
+
+/// What `perf record` made of the workload.
+pub struct PerfRun {
+    /// Samples it wrote (`perf report --stats`).
+    pub samples: String,
+    /// Its `LOST events` line.
+    pub lost: String,
+    /// The workload's own time, ms.
+    pub workload_ms: f64,
+    /// perf's wall time, ms.
+    pub wall_ms: f64,
+}
+
+/// `perf record -e syscalls:sys_enter_getppid` of `calls` calls of the workload `bin`: the
+/// reference for "every event captured".
+pub fn perf_record(bin: &Path, dir: &Path, calls: u64) -> PerfRun {
+    let data = dir.join("perf.data");
+    let t = Instant::now();
+    let out = Command::new("perf")
+        .args(["record", "-q", "-e", "syscalls:sys_enter_getppid", "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(bin)
+        .arg(calls.to_string())
+        .output()
+        .expect("perf record");
+    let wall_ms = t.elapsed().as_secs_f64() * 1e3;
+    let report = Command::new("perf").args(["report", "--stats", "-i"]).arg(&data).output().expect("perf report");
+    let text = String::from_utf8_lossy(&report.stdout);
+    let samples = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("SAMPLE events:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("?")
+        .to_owned();
+    let lost = text
+        .lines()
+        .find(|l| l.contains("LOST events:"))
+        .map(|l| l.trim().to_owned())
+        .unwrap_or("LOST events: 0".into());
+    let _ = fs::remove_file(&data);
+    PerfRun { samples, lost, workload_ms: parse_ns(&out.stdout), wall_ms }
+}
+
+/// The kernel's own recording floor: `calls` calls of `bin` recorded by an ftrace instance of
+/// `buffer_kb` per CPU that nobody reads (it overwrites). Answers the workload's time, ms.
+pub fn unread_instance(bin: &Path, calls: u64, buffer_kb: u64) -> f64 {
+    let inst = Path::new("/sys/kernel/tracing/instances").join(crate::unique("ct-bench-floor"));
+    fs::create_dir(&inst).expect("instance");
+    fs::write(inst.join("tracing_on"), "0").expect("off");
+    fs::write(inst.join("buffer_size_kb"), buffer_kb.to_string()).expect("buffer");
+    // The workload waits on stdin so its pid can go in the filter before it runs.
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("read go; exec {} {calls}", bin.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("workload");
+    fs::write(inst.join("set_event_pid"), child.id().to_string()).expect("pid");
+    fs::write(inst.join("events/syscalls/sys_enter_getppid/enable"), "1").expect("enable");
+    fs::write(inst.join("tracing_on"), "1").expect("on");
+    child.stdin.take().expect("stdin").write_all(b"go\n").expect("go");
+    let out = child.wait_with_output().expect("wait");
+    let _ = fs::write(inst.join("tracing_on"), "0");
+    let _ = fs::remove_dir(&inst);
+    parse_ns(&out.stdout)
+}
+
+/// Threads of process `pid`.
+pub fn threads(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Kernel memory of the ring buffers of the instances whose names start with `prefix`, in MB
+/// (`buffer_total_size_kb`).
+pub fn ring_buffers_mb(prefix: &str) -> f64 {
+    let Ok(dir) = fs::read_dir("/sys/kernel/tracing/instances") else { return 0.0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter_map(|e| fs::read_to_string(e.path().join("buffer_total_size_kb")).ok())
+        .filter_map(|t| t.trim().parse::<f64>().ok())
+        .sum::<f64>()
+        / 1024.0
 }

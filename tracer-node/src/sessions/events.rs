@@ -101,15 +101,15 @@ impl EventStore {
         self.sinks.lock().unwrap_or_else(|p| p.into_inner()).push(sink);
     }
 
-    /// Adds the events of a page: kept for later readers, offered to every follower.
-    pub fn push(&self, batch: Batch) {
+    /// Adds the events of a page: kept for later readers, offered to every follower. The batch
+    /// may be shared with other sessions that took the same events of the page.
+    pub fn push(&self, batch: Arc<Batch>) {
         let n = batch.records.len();
         if n == 0 {
             return;
         }
         self.counters.read.fetch_add(n as u64, Ordering::Relaxed);
         self.metrics.events_read.fetch_add(n as u64, Ordering::Relaxed);
-        let batch = Arc::new(batch);
         // Both locks, in this order (as `follow` takes them): a new follower sees each batch
         // exactly once, either in its snapshot or on its channel.
         let mut r = self.retained.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,7 +255,7 @@ mod tests {
         let info = Arc::new(resolver.resolve(1, 0));
         for _ in 0..FOLLOWER_QUEUE + 10 {
             let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info.clone() };
-            store.push(Batch { cpu: 0, page: Arc::default(), records: vec![rec] });
+            store.push(Arc::new(Batch { cpu: 0, page: Arc::default(), records: vec![rec] }));
         }
         let s = store.stats(true, 0, (0, 0, 0));
         assert_eq!(s.events_dropped, 10);
@@ -314,10 +314,10 @@ mod tests {
         store.stall_cutoff = std::time::Duration::from_millis(20);
         let (_, mut stalled) = store.follow().expect("follower");
         for _ in 0..FOLLOWER_QUEUE + 1 {
-            store.push(one_batch());
+            store.push(Arc::new(one_batch()));
         }
         std::thread::sleep(std::time::Duration::from_millis(30));
-        store.push(one_batch());
+        store.push(Arc::new(one_batch()));
         assert_eq!(metrics.followers_cut_off.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.followers.load(Ordering::Relaxed), 0);
         let mut queued = 0;

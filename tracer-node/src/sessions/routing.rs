@@ -280,7 +280,9 @@ impl Router {
         let slots = &routes.slots;
         let windows: Vec<(u64, u64)> = slots.iter().map(|s| s.window()).collect();
         let containers: Vec<Arc<HashSet<String>>> = slots.iter().map(|s| s.containers()).collect();
-        let mut out: Vec<Vec<Record>> = vec![Vec::new(); slots.len()];
+        // The page's records any session takes, once, and which of them each session takes.
+        let mut records: Vec<Record> = Vec::new();
+        let mut picks: Vec<Vec<u32>> = vec![Vec::new(); slots.len()];
         // The slots holding each container met in this page, by its tag (a page holds few).
         let mut holders: Vec<(*const ContainerTag, Vec<usize>)> = Vec::new();
         let mut caught_up = false;
@@ -337,22 +339,50 @@ impl Router {
                     continue;
                 }
             };
-            let rec = Record { ts: ev.ts, pid, event_id, offset: ev.offset as u32, len: ev.len as u32, task };
             let targets: &[usize] = if at == usize::MAX { &[0] } else { &holders[at].1 };
+            let mut taken = false;
             for &i in targets {
                 let (from, until) = windows[i];
                 if slots[i].events.contains(event_id) && ev.ts >= from && ev.ts <= until {
-                    out[i].push(rec.clone());
+                    picks[i].push(records.len() as u32);
+                    taken = true;
                 }
+            }
+            if taken {
+                records.push(Record { ts: ev.ts, pid, event_id, offset: ev.offset as u32, len: ev.len as u32, task });
             }
         }
         // Not known yet is not known for good: the next page asks again.
         for pid in unknown {
             cache.remove(&pid);
         }
-        for (slot, records) in slots.iter().zip(out) {
-            if !records.is_empty() {
-                slot.store.push(Batch { cpu, page: page.clone(), records });
+        // Sessions that take the same records of the page share one batch: ten sessions on the
+        // same events cost one batch, not ten copies of its records.
+        let all = records.len();
+        let mut batches: Vec<Option<Arc<Batch>>> = vec![None; slots.len()];
+        for i in 0..slots.len() {
+            if picks[i].is_empty() || picks[i].len() == all {
+                continue;
+            }
+            batches[i] = match (0..i).find(|&j| batches[j].is_some() && picks[j] == picks[i]) {
+                Some(j) => batches[j].clone(),
+                None => {
+                    let mine = picks[i].iter().map(|&k| records[k as usize].clone()).collect();
+                    Some(Arc::new(Batch { cpu, page: page.clone(), records: mine }))
+                }
+            };
+        }
+        if all > 0 && picks.iter().any(|p| p.len() == all) {
+            let full = Arc::new(Batch { cpu, page, records });
+            for (b, p) in batches.iter_mut().zip(&picks) {
+                if p.len() == all {
+                    *b = Some(full.clone());
+                }
+            }
+        }
+        for (slot, batch) in slots.iter().zip(batches) {
+            if let Some(b) = batch {
+                slot.store.push(b);
             }
         }
     }
@@ -519,6 +549,7 @@ mod tests {
         assert_eq!(got(&st2), vec![(5, 200, 1010), (6, 200, 1015), (5, 100, 1020)], "none after its stop at 1030");
         let (b1, b2) = (st1.snapshot(), st2.snapshot());
         assert!(Arc::ptr_eq(&b1[0].page, &b2[0].page), "one page for both sessions");
+        assert!(!Arc::ptr_eq(&b1[0], &b2[0]), "each its own records");
         assert_eq!((st1.stats(true, 0, (0, 0, 0)).events_read, st2.stats(true, 0, (0, 0, 0)).events_read), (3, 3));
 
         // A session that left gets nothing more; a container attached later is routed.
@@ -547,6 +578,30 @@ mod tests {
         r.publish(s2);
         consume(PageBuilder::new(20).event(0, &payload(5, 4243)).finish(0));
         assert_eq!((got(&st1).len(), got(&st2).len(), r.unattributed()), (1, 0, 1));
+    }
+
+    /// Sessions taking the same records of a page share one batch, whether they take all of
+    /// the page's routed records or the same part of them.
+    #[test]
+    fn sessions_taking_the_same_records_share_one_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default()));
+        resolver.add_container(100, tag("a"));
+        let r = router(resolver, None);
+        let stores: Vec<Arc<EventStore>> = [&[5, 6][..], &[5, 6], &[5], &[5]]
+            .iter()
+            .enumerate()
+            .map(|(i, events)| {
+                let (s, st) = slot(i as u64, events, &["a"], 1);
+                r.publish(s);
+                st
+            })
+            .collect();
+        let mut consume = r.consumer(0, alone());
+        consume(PageBuilder::new(10).event(0, &payload(5, 100)).event(1, &payload(6, 100)).finish(0));
+        let b: Vec<Arc<Batch>> = stores.iter().map(|s| s.snapshot().remove(0)).collect();
+        assert!(Arc::ptr_eq(&b[0], &b[1]) && Arc::ptr_eq(&b[2], &b[3]) && !Arc::ptr_eq(&b[0], &b[2]));
+        assert_eq!((b[0].records.len(), b[2].records.len()), (2, 1));
     }
 
     #[test]
