@@ -287,22 +287,25 @@ impl Router {
         let mut holders: Vec<(*const ContainerTag, Vec<usize>)> = Vec::new();
         let mut caught_up = false;
         let mut unknown: Vec<i32> = Vec::new();
+        let now = std::time::Instant::now();
         for ev in &parsed.events {
             let Some((event_id, pid)) = ids(&page, ev) else { continue };
             if !routes.wanted.contains(event_id) || windows.iter().all(|&(from, until)| ev.ts < from || ev.ts > until) {
                 continue;
             }
-            // After an exec the thread has a new command: ask procfs again.
-            let stale = routes.exec.contains(event_id) || cache.get(&pid).is_some_and(|t| t.seen.elapsed() > TASK_TTL);
-            if stale {
-                cache.remove(&pid);
-            }
-            if cache.len() >= MAX_CACHED_TASKS {
-                cache.clear();
-            }
-            let task = match cache.get(&pid) {
-                Some(t) => t.clone(),
+            // After an exec the thread has a new command, and what is older than the TTL may
+            // be stale: ask procfs again. One clock read per page, one lookup per record.
+            let cached = if routes.exec.contains(event_id) {
+                None
+            } else {
+                cache.get(&pid).filter(|t| now.saturating_duration_since(t.seen) <= TASK_TTL).cloned()
+            };
+            let task = match cached {
+                Some(t) => t,
                 None => {
+                    if cache.len() >= MAX_CACHED_TASKS {
+                        cache.clear();
+                    }
                     let mut info = self.resolver.resolve(pid, ev.ts);
                     if info.container.is_none() && !caught_up {
                         caught_up = true;
