@@ -3,7 +3,8 @@
 # a burst of 200 registrations and a session start over 200 containers (API latency meanwhile),
 # lossless tracing of a 1 M+ syscalls/s container against perf and text trace_pipe, OTLP export
 # rate and CPU, /healthz under slowloris, auth latency against the stand-in API server, the
-# limits and RSS under floods, tracer-svc's fan-out over 1, 10 and 50 nodes, and every fuzz target for FUZZ_SECONDS (20) with its executions
+# limits and RSS under floods, tracer-svc's fan-out over 1, 10 and 50 nodes, one kernel recording
+# for 1, 10 and 100 sessions against the kernel's floor and perf record, and every fuzz target for FUZZ_SECONDS (20) with its executions
 # and findings.
 # Needs root and what scripts/test.sh installs. BENCH_RUNS sets the runc runs (200).
 set -euo pipefail

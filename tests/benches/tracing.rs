@@ -7,7 +7,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Write},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -16,7 +16,7 @@ use std::{
 };
 
 use e2e::{
-    bench::{build_workload, cpu_ticks, parse_ns, ticks_to_ms, workload_bundle, workload_rootfs},
+    bench::{build_workload, cpu_ticks, getppid_instance, parse_ns, ticks_to_ms, workload_bundle, workload_rootfs},
     require, unique, wait_until, Node, Runtime,
 };
 use serde_json::json;
@@ -80,20 +80,7 @@ fn perf_record(bin: &Path, dir: &Path) {
 }
 
 fn text_trace_pipe(bin: &Path) {
-    let inst = Path::new("/sys/kernel/tracing/instances").join(unique("ct-bench-text"));
-    fs::create_dir(&inst).expect("instance");
-    fs::write(inst.join("tracing_on"), "0").expect("off");
-    // The workload waits on stdin so its pid can go in the filter before it runs.
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("read go; exec {} {CALLS}", bin.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("workload");
-    fs::write(inst.join("set_event_pid"), child.id().to_string()).expect("pid");
-    fs::write(inst.join("events/syscalls/sys_enter_getppid/enable"), "1").expect("enable");
-    fs::write(inst.join("tracing_on"), "1").expect("on");
+    let (inst, mut child) = getppid_instance(bin, CALLS, None);
     let lines = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let pipe = fs::File::open(inst.join("trace_pipe")).expect("trace_pipe");

@@ -4,7 +4,7 @@ use std::{
     fs,
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Instant,
 };
 
@@ -104,15 +104,17 @@ pub fn perf_record(bin: &Path, dir: &Path, calls: u64) -> PerfRun {
     PerfRun { samples, lost, workload_ms: parse_ns(&out.stdout), wall_ms }
 }
 
-/// The kernel's own recording floor: `calls` calls of `bin` recorded by an ftrace instance of
-/// `buffer_kb` per CPU that nobody reads (it overwrites). Answers the workload's time, ms.
-pub fn unread_instance(bin: &Path, calls: u64, buffer_kb: u64) -> f64 {
-    let inst = Path::new("/sys/kernel/tracing/instances").join(crate::unique("ct-bench-floor"));
+/// A new ftrace instance recording `sys_enter_getppid` of the workload `bin` (`calls` calls),
+/// sized `buffer_kb` per CPU when given. The workload waits on its stdin, so that its pid is in
+/// the filter before it runs: write a line to start it.
+pub fn getppid_instance(bin: &Path, calls: u64, buffer_kb: Option<u64>) -> (PathBuf, Child) {
+    let inst = Path::new("/sys/kernel/tracing/instances").join(crate::unique("ct-bench-inst"));
     fs::create_dir(&inst).expect("instance");
     fs::write(inst.join("tracing_on"), "0").expect("off");
-    fs::write(inst.join("buffer_size_kb"), buffer_kb.to_string()).expect("buffer");
-    // The workload waits on stdin so its pid can go in the filter before it runs.
-    let mut child = Command::new("/bin/sh")
+    if let Some(kb) = buffer_kb {
+        fs::write(inst.join("buffer_size_kb"), kb.to_string()).expect("buffer");
+    }
+    let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(format!("read go; exec {} {calls}", bin.display()))
         .stdin(Stdio::piped())
@@ -122,6 +124,13 @@ pub fn unread_instance(bin: &Path, calls: u64, buffer_kb: u64) -> f64 {
     fs::write(inst.join("set_event_pid"), child.id().to_string()).expect("pid");
     fs::write(inst.join("events/syscalls/sys_enter_getppid/enable"), "1").expect("enable");
     fs::write(inst.join("tracing_on"), "1").expect("on");
+    (inst, child)
+}
+
+/// The kernel's own recording floor: `calls` calls of `bin` recorded by an ftrace instance of
+/// `buffer_kb` per CPU that nobody reads (it overwrites). Answers the workload's time, ms.
+pub fn unread_instance(bin: &Path, calls: u64, buffer_kb: u64) -> f64 {
+    let (inst, mut child) = getppid_instance(bin, calls, Some(buffer_kb));
     child.stdin.take().expect("stdin").write_all(b"go\n").expect("go");
     let out = child.wait_with_output().expect("wait");
     let _ = fs::write(inst.join("tracing_on"), "0");

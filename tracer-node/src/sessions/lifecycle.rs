@@ -24,26 +24,13 @@ impl SessionManager {
     /// files are read on a blocking thread, with no session lock held.
     pub async fn gauges(&self) -> (u64, u64, u64) {
         let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
-        let mut running = 0;
-        let mut recordings: Vec<Arc<Recording>> = Vec::new();
-        for s in &sessions {
-            match &s.lock().run {
-                Some(Run::Ftrace { recording, .. }) => {
-                    running += 1;
-                    if !recordings.iter().any(|r| Arc::ptr_eq(r, recording)) {
-                        recordings.push(recording.clone());
-                    }
-                }
-                Some(Run::External(_)) => running += 1,
-                None => {}
-            }
-        }
+        let (running, recordings) = running(&sessions);
         let overruns = if recordings.is_empty() {
             0
         } else {
             tokio::task::spawn_blocking(move || recordings.iter().map(|r| r.overrun()).sum()).await.unwrap_or(0)
         };
-        (sessions.len() as u64, running, overruns)
+        (sessions.len() as u64, running as u64, overruns)
     }
 
     /// The session's statistics (per-CPU stats files read as in [`Self::gauges`]).
@@ -156,20 +143,8 @@ impl SessionManager {
     /// node's recording needs none once that recording is open; one that cannot (kernel filter,
     /// function tracer) needs one of its own. The caller holds the start gate.
     fn check_running_limits(&self, plan: Option<&FtracePlan>) -> Result<(), SessionError> {
-        let mut running = 0;
-        let mut recordings: Vec<Arc<Recording>> = Vec::new();
-        for s in self.map().values() {
-            match &s.lock().run {
-                Some(Run::Ftrace { recording, .. }) => {
-                    running += 1;
-                    if !recordings.iter().any(|r| Arc::ptr_eq(r, recording)) {
-                        recordings.push(recording.clone());
-                    }
-                }
-                Some(Run::External(_)) => running += 1,
-                None => {}
-            }
-        }
+        let sessions: Vec<Arc<Session>> = self.map().values().cloned().collect();
+        let (running, recordings) = running(&sessions);
         if running >= self.settings.max_running {
             return Err(SessionError::Limit {
                 what: "too many running trace sessions on this node",
@@ -264,6 +239,25 @@ impl SessionManager {
         );
         Ok(())
     }
+}
+
+/// How many of `sessions` run, and the distinct recordings they run on.
+fn running(sessions: &[Arc<Session>]) -> (usize, Vec<Arc<Recording>>) {
+    let mut running = 0;
+    let mut recordings: Vec<Arc<Recording>> = Vec::new();
+    for s in sessions {
+        match &s.lock().run {
+            Some(Run::Ftrace { recording, .. }) => {
+                running += 1;
+                if !recordings.iter().any(|r| Arc::ptr_eq(r, recording)) {
+                    recordings.push(recording.clone());
+                }
+            }
+            Some(Run::External(_)) => running += 1,
+            None => {}
+        }
+    }
+    (running, recordings)
 }
 
 /// A run's consumers are done once it ended: the exporter hears of the stop first, then its
