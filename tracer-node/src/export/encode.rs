@@ -8,7 +8,10 @@ use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1:
 use prost::Message;
 
 use super::model::Wall;
-use crate::batch::{Batch, Record};
+use crate::{
+    batch::{Batch, Record},
+    ftrace::format::{EventFormat, FieldValue},
+};
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
@@ -38,61 +41,46 @@ fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
-/// Width of the length placeholder of a nested message (a u32 length needs at most 5 bytes).
-const PLACEHOLDER: usize = 5;
-
-/// Writes a length-delimited field whose content `f` writes: the content goes after a
-/// placeholder and is moved back once its length (and so the length's own size) is known.
+/// Writes a length-delimited field whose content `f` writes. The length goes in a one-byte
+/// placeholder, right for the small messages that most are (attributes, values); only a
+/// longer content is moved to make room for its length. See [`nested_hint`].
 fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    key(buf, field, LEN);
-    let at = buf.len();
-    buf.extend_from_slice(&[0; PLACEHOLDER]);
-    f(buf);
-    let len = buf.len() - at - PLACEHOLDER;
-    let mut prefix = Vec::with_capacity(PLACEHOLDER);
-    varint(&mut prefix, len as u64);
-    buf[at..at + prefix.len()].copy_from_slice(&prefix);
-    buf.copy_within(at + PLACEHOLDER.., at + prefix.len());
-    buf.truncate(buf.len() - (PLACEHOLDER - prefix.len()));
+    nested_hint(buf, field, 1, f);
 }
 
-/// An `AnyValue` holding a JSON value (as `model` maps them).
-fn any_value(buf: &mut Vec<u8>, v: &serde_json::Value) {
-    use serde_json::Value as J;
-    match v {
-        J::Null => {}
-        J::Bool(b) => {
-            key(buf, 2, VARINT);
-            varint(buf, u64::from(*b));
-        }
-        J::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => {
-                key(buf, 3, VARINT);
-                varint(buf, i as u64);
-            }
-            (None, Some(u)) => bytes_field(buf, 1, u.to_string().as_bytes()),
-            (None, None) => {
-                key(buf, 4, FIXED64);
-                buf.extend_from_slice(&n.as_f64().unwrap_or_default().to_bits().to_le_bytes());
-            }
-        },
-        J::String(s) => bytes_field(buf, 1, s.as_bytes()),
-        J::Array(items) => nested(buf, 5, |buf| {
-            for item in items {
-                nested(buf, 1, |buf| any_value(buf, item));
-            }
-        }),
-        J::Object(map) => nested(buf, 6, |buf| {
-            for (k, v) in map {
-                nested(buf, 1, |buf| key_value_json(buf, k, v));
-            }
-        }),
+/// [`nested`] with a placeholder of `hint` bytes: the content is moved only when its length
+/// needs another number of bytes (a record of 128 bytes to 16 KiB takes 2).
+fn nested_hint(buf: &mut Vec<u8>, field: u32, hint: usize, f: impl FnOnce(&mut Vec<u8>)) {
+    key(buf, field, LEN);
+    let at = buf.len();
+    buf.resize(at + hint, 0);
+    f(buf);
+    let len = buf.len() - at - hint;
+    let mut prefix = [0u8; 10];
+    let n = varint_into(&mut prefix, len as u64);
+    if n != hint {
+        // Shift the content to fit the length's real size.
+        buf.splice(at..at + hint, prefix[..n].iter().copied());
+    } else {
+        buf[at..at + n].copy_from_slice(&prefix[..n]);
     }
 }
 
-fn key_value_json(buf: &mut Vec<u8>, k: &str, v: &serde_json::Value) {
-    bytes_field(buf, 1, k.as_bytes());
-    nested(buf, 2, |buf| any_value(buf, v));
+/// Writes `v` as a varint into `out`; answers its size.
+fn varint_into(out: &mut [u8; 10], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
+}
+
+/// Size of `v` as a varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 fn attr_str(buf: &mut Vec<u8>, k: &str, v: &str) {
@@ -123,27 +111,96 @@ pub struct EventNames {
     pub event: String,
 }
 
-/// Appends one `LogRecord` (as field 2 of a `ScopeLogs`): the same record as
-/// [`super::model::log_record`] builds.
+/// An `AnyValue` holding a decoded field: what the generated types make of its JSON value
+/// ([`FieldValue::to_json`], then `model::any`).
+fn field_value(buf: &mut Vec<u8>, v: &FieldValue<'_>) {
+    match *v {
+        FieldValue::Int(i) => {
+            key(buf, 3, VARINT);
+            varint(buf, i as u64);
+        }
+        FieldValue::UInt(u) => match i64::try_from(u) {
+            Ok(i) => {
+                key(buf, 3, VARINT);
+                varint(buf, i as u64);
+            }
+            // Past i64 (what OTLP integers hold): its decimal text, as the JSON path gives.
+            Err(_) => {
+                let mut text = [0u8; 20];
+                bytes_field(buf, 1, decimal(&mut text, u));
+            }
+        },
+        FieldValue::Pointer(p) => {
+            let mut text = [0u8; 18];
+            bytes_field(buf, 1, hex(&mut text, p));
+        }
+        FieldValue::Str(b) => match std::str::from_utf8(b) {
+            Ok(_) => bytes_field(buf, 1, b),
+            Err(_) => bytes_field(buf, 1, String::from_utf8_lossy(b).as_bytes()),
+        },
+        FieldValue::Ints { .. } => nested_hint(buf, 5, 2, |buf| {
+            for e in v.elements() {
+                nested(buf, 1, |buf| field_value(buf, &e));
+            }
+        }),
+    }
+}
+
+/// `v` in decimal, written into `out`.
+fn decimal(out: &mut [u8; 20], mut v: u64) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &out[i..];
+        }
+    }
+}
+
+/// `v` as `0x...` (lowercase, no leading zeros), as `format!("{v:#x}")` writes it.
+fn hex(out: &mut [u8; 18], mut v: u64) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b"0123456789abcdef"[(v & 15) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out[i - 2..i].copy_from_slice(b"0x");
+    &out[i - 2..]
+}
+
+/// Appends one `LogRecord` (as field 2 of a `ScopeLogs`): the event's fields, decoded from its
+/// payload straight into the buffer, are its body. The same record as
+/// [`super::model::log_record`] builds, but for the body's order (the format's, not sorted).
 #[allow(clippy::too_many_arguments)]
 pub fn log_record(
     buf: &mut Vec<u8>,
     batch: &Batch,
     rec: &Record,
+    format: Option<&EventFormat>,
     names: Option<&EventNames>,
-    fields: &serde_json::Map<String, serde_json::Value>,
     wall: &Wall,
     observed: u64,
     trace_id: &[u8; 16],
     span_id: &[u8; 8],
 ) {
-    nested(buf, 2, |buf| {
+    nested_hint(buf, 2, 2, |buf| {
         fixed64_field(buf, 1, wall.unix(rec.ts));
         // body: the fields as a key/value list.
-        nested(buf, 5, |buf| {
-            nested(buf, 6, |buf| {
-                for (k, v) in fields {
-                    nested(buf, 1, |buf| key_value_json(buf, k, v));
+        nested_hint(buf, 5, 2, |buf| {
+            nested_hint(buf, 6, 2, |buf| {
+                if let Some(f) = format {
+                    f.visit(batch.payload(rec), |name, v| {
+                        nested(buf, 1, |buf| {
+                            bytes_field(buf, 1, name.as_bytes());
+                            nested(buf, 2, |buf| field_value(buf, &v));
+                        });
+                    });
                 }
             });
         });
@@ -169,14 +226,20 @@ pub fn log_record(
 }
 
 /// Appends a `ResourceLogs` (field 1 of the request) of `resource` with the encoded records.
+/// Their lengths are known beforehand, so the records are copied once, never moved.
 pub fn resource_logs(buf: &mut Vec<u8>, resource: &Resource, scope: &InstrumentationScope, records: &[u8]) {
-    nested(buf, 1, |buf| {
-        bytes_field(buf, 1, &resource.encode_to_vec());
-        nested(buf, 2, |buf| {
-            bytes_field(buf, 1, &scope.encode_to_vec());
-            buf.extend_from_slice(records);
-        });
-    });
+    let (resource, scope) = (resource.encode_to_vec(), scope.encode_to_vec());
+    let field_len = |len: usize| 1 + varint_len(len as u64) + len;
+    let scope_logs = field_len(scope.len()) + records.len();
+    let resource_logs = field_len(resource.len()) + field_len(scope_logs);
+    buf.reserve(field_len(resource_logs));
+    key(buf, 1, LEN);
+    varint(buf, resource_logs as u64);
+    bytes_field(buf, 1, &resource);
+    key(buf, 2, LEN);
+    varint(buf, scope_logs as u64);
+    bytes_field(buf, 1, &scope);
+    buf.extend_from_slice(records);
 }
 
 #[cfg(test)]
@@ -185,6 +248,7 @@ mod tests {
 
     use opentelemetry_proto::tonic::{
         collector::logs::v1::ExportLogsServiceRequest,
+        common::v1::{any_value::Value, AnyValue},
         logs::v1::{ResourceLogs, ScopeLogs},
     };
 
@@ -195,17 +259,40 @@ mod tests {
         sessions::resolver::Resolver,
     };
 
+    /// Every kind of field (signed, unsigned past i64, pointer, C string and invalid UTF-8,
+    /// `__data_loc` string and bytes, int array), encoded straight from the payload, equals
+    /// the generated types' record of the same event (body order aside: the JSON map sorts).
     #[test]
     fn direct_encoding_equals_the_generated_types() {
+        let text = "name: sys_enter_x\nID: 7\nformat:\n\
+            \tfield:int fd;\toffset:8;\tsize:4;\tsigned:1;\n\
+            \tfield:unsigned long big;\toffset:16;\tsize:8;\tsigned:0;\n\
+            \tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;\n\
+            \tfield:char comm[8];\toffset:32;\tsize:8;\tsigned:0;\n\
+            \tfield:char bad[4];\toffset:40;\tsize:4;\tsigned:0;\n\
+            \tfield:__data_loc char[] path;\toffset:44;\tsize:4;\tsigned:0;\n\
+            \tfield:__data_loc u8[] blob;\toffset:48;\tsize:4;\tsigned:0;\n\
+            \tfield:short vals[3];\toffset:52;\tsize:6;\tsigned:1;\n\
+            \tfield:int past_end;\toffset:400;\tsize:4;\tsigned:1;\n";
+        let format = crate::ftrace::format::parse_event_format("syscalls", text).expect("format");
+        let mut payload = vec![0u8; 64];
+        payload[8..12].copy_from_slice(&(-3i32).to_ne_bytes());
+        payload[16..24].copy_from_slice(&u64::MAX.to_ne_bytes());
+        payload[24..32].copy_from_slice(&0x7fe7_0000_12abu64.to_ne_bytes());
+        payload[32..36].copy_from_slice(b"cat\0");
+        payload[40..44].copy_from_slice(&[b'x', 0xff, b'y', 0]);
+        payload[44..48].copy_from_slice(&(64u32 | (6 << 16)).to_ne_bytes());
+        payload[48..52].copy_from_slice(&(70u32 | (3 << 16)).to_ne_bytes());
+        for (i, v) in [-1i16, 2, 300].iter().enumerate() {
+            payload[52 + 2 * i..54 + 2 * i].copy_from_slice(&v.to_ne_bytes());
+        }
+        payload.extend_from_slice(b"/etc/\0");
+        payload.extend_from_slice(&[1, 2, 250]);
+
         let resolver = Resolver::new(Procfs::new("/proc", "/sys"), Arc::default());
         let task = Arc::new(resolver.resolve(std::process::id() as i32, 0));
-        let rec = Record { ts: 123_456_789, pid: -5, event_id: 7, offset: 0, len: 0, task };
-        let batch = Batch { cpu: 3, page: Arc::default(), records: vec![] };
-        let fields = serde_json::json!({
-            "fd": -3, "big": u64::MAX, "name": "x\u{e9}", "ok": true, "ratio": 0.5,
-            "list": [1, -2, "s"], "none": null, "nested": {"a": 1}, "long": "y".repeat(300)
-        });
-        let fields = fields.as_object().expect("map").clone();
+        let rec = Record { ts: 123_456_789, pid: -5, event_id: 7, offset: 0, len: payload.len() as u32, task };
+        let batch = Batch { cpu: 3, page: Arc::new(payload), records: vec![] };
         let names =
             EventNames { full: "syscalls:sys_enter_x".into(), system: "syscalls".into(), event: "sys_enter_x".into() };
         let wall = Wall::now();
@@ -213,19 +300,15 @@ mod tests {
         let resource = Resource { attributes: vec![model::s("k8s.pod.name", "p")], ..Default::default() };
 
         let mut records = Vec::new();
-        log_record(&mut records, &batch, &rec, Some(&names), &fields, &wall, 42, &trace, &span);
-        log_record(&mut records, &batch, &rec, None, &serde_json::Map::new(), &wall, 43, &trace, &span);
+        log_record(&mut records, &batch, &rec, Some(&format), Some(&names), &wall, 42, &trace, &span);
+        log_record(&mut records, &batch, &rec, None, None, &wall, 43, &trace, &span);
         let mut buf = Vec::new();
         resource_logs(&mut buf, &resource, &model::scope(), &records);
-        let got = ExportLogsServiceRequest::decode(buf.as_slice()).expect("valid protobuf");
+        let mut got = ExportLogsServiceRequest::decode(buf.as_slice()).expect("valid protobuf");
 
-        let format = crate::ftrace::format::EventFormat {
-            system: "syscalls".into(),
-            name: "sys_enter_x".into(),
-            id: 7,
-            fields: vec![],
-        };
-        let d1 = Decoded { format: Some(&format), name: names.full.clone(), fields };
+        let formats = std::collections::HashMap::from([(7u16, format.clone())]);
+        let d1 = model::decode(&batch, &rec, &formats);
+        assert_eq!(d1.fields.len(), 8, "every field but the one past the end: {:?}", d1.fields);
         let d2 = Decoded { format: None, name: "event_7".into(), fields: serde_json::Map::new() };
         let want = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
@@ -241,6 +324,11 @@ mod tests {
                 ..Default::default()
             }],
         };
+        // The body in the format's order here, sorted by name in the JSON map.
+        let body = &mut got.resource_logs[0].scope_logs[0].log_records[0].body;
+        if let Some(AnyValue { value: Some(Value::KvlistValue(kv)) }) = body {
+            kv.values.sort_by(|a, b| a.key.cmp(&b.key));
+        }
         assert_eq!(got, want);
     }
 
@@ -252,6 +340,24 @@ mod tests {
             let mut expect = Vec::new();
             bytes_field(&mut expect, 1, &vec![b'a'; len]);
             assert_eq!(buf, expect, "len {len}");
+            for hint in [1, 2, 3] {
+                let mut hinted = Vec::new();
+                nested_hint(&mut hinted, 1, hint, |b| b.extend(std::iter::repeat_n(b'a', len)));
+                assert_eq!(hinted, expect, "len {len}, hint {hint}");
+            }
+            assert_eq!(varint_len(len as u64), {
+                let mut v = Vec::new();
+                varint(&mut v, len as u64);
+                v.len()
+            });
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_the_formatter_writes_them() {
+        for v in [0u64, 9, 10, 255, 0xdead_beef, u64::MAX] {
+            assert_eq!(decimal(&mut [0; 20], v), v.to_string().as_bytes());
+            assert_eq!(hex(&mut [0; 18], v), format!("{v:#x}").as_bytes());
         }
     }
 }

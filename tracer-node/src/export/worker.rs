@@ -174,20 +174,32 @@ impl Worker {
     }
 
     /// The span of a container, created on first sight when an event beats its start message.
-    fn span_of(&mut self, tag: &Arc<ContainerTag>, at: u64) -> &mut SpanState {
+    /// Looked up by a borrowed id: the id is copied only when a span is made (this runs for
+    /// every exported event).
+    fn span_of(&mut self, tag: &Arc<ContainerTag>, at: u64) -> Option<&mut SpanState> {
+        if !self.spans.contains_key(&tag.id) {
+            self.new_span(tag, at);
+        }
+        self.spans.get_mut(&tag.id)
+    }
+
+    fn new_span(&mut self, tag: &Arc<ContainerTag>, at: u64) {
         let ctx = &self.ctx;
-        self.spans.entry(tag.id.clone()).or_insert_with(|| SpanState {
-            span_id: crate::ids::random_u64().to_be_bytes(),
-            tag: tag.clone(),
-            init: 0,
-            resource: ctx.container_resource(tag),
-            start: at,
-            end: None,
-            at_creation: false,
-            exit_code: None,
-            events: 0,
-            exported: false,
-        })
+        self.spans.insert(
+            tag.id.clone(),
+            SpanState {
+                span_id: crate::ids::random_u64().to_be_bytes(),
+                tag: tag.clone(),
+                init: 0,
+                resource: ctx.container_resource(tag),
+                start: at,
+                end: None,
+                at_creation: false,
+                exit_code: None,
+                events: 0,
+                exported: false,
+            },
+        );
     }
 
     /// The time limit of a flush: retries while running, one shared limit once stopped.
@@ -211,42 +223,68 @@ impl Worker {
         }
         let (wall, observed) = (Wall::now(), model::unix_now());
         let trace_id = self.ctx.trace_id;
-        let mut logs: BTreeMap<Option<String>, Vec<u8>> = BTreeMap::new();
-        let mut chunks: BTreeMap<Option<String>, Vec<opentelemetry_proto::tonic::trace::v1::span::Event>> =
-            BTreeMap::new();
+        // One group per container (and one for events of none): its encoded log records or
+        // its span events. Records of a page are mostly of one container, so the last group is
+        // tried first, and a container's id is copied once per flush, not per event.
+        let mut keys: Vec<Option<String>> = Vec::new();
+        let mut logs: Vec<Vec<u8>> = Vec::new();
+        let mut chunks: Vec<Vec<opentelemetry_proto::tonic::trace::v1::span::Event>> = Vec::new();
+        let mut last: Option<(Option<Arc<ContainerTag>>, usize)> = None;
         let formats = self.formats.clone();
         for batch in &batches {
             for rec in &batch.records {
-                let d = model::decode(batch, rec, &formats);
-                let key = match &rec.task.container {
-                    Some(tag) => {
-                        let span = self.span_of(tag, wall.unix(rec.ts));
+                let format = formats.get(&rec.event_id);
+                let tag = rec.task.container.as_ref();
+                let group = match &last {
+                    Some((t, g)) if t.as_ref().map(Arc::as_ptr) == tag.map(Arc::as_ptr) => *g,
+                    _ => {
+                        let id = tag.map(|t| t.id.as_str());
+                        let g = keys.iter().position(|k| k.as_deref() == id).unwrap_or_else(|| {
+                            keys.push(id.map(str::to_owned));
+                            logs.push(Vec::new());
+                            chunks.push(Vec::new());
+                            keys.len() - 1
+                        });
+                        last = Some((tag.cloned(), g));
+                        g
+                    }
+                };
+                let mut span_id = self.root_span;
+                if let Some(tag) = tag {
+                    if let Some(span) = self.span_of(tag, wall.unix(rec.ts)) {
                         span.events += 1;
+                        span_id = span.span_id;
                         // The exit status of the container is its init's exit_group argument.
-                        if d.format.is_some_and(|f| f.name == "sys_enter_exit_group")
+                        if format.is_some_and(|f| f.name == "sys_enter_exit_group")
                             && u32::try_from(rec.task.tgid).is_ok_and(|t| t == span.init)
                         {
-                            span.exit_code = d.fields.get("error_code").and_then(serde_json::Value::as_i64);
+                            span.exit_code = model::decode(batch, rec, &formats)
+                                .fields
+                                .get("error_code")
+                                .and_then(serde_json::Value::as_i64);
                         }
-                        Some(tag.id.clone())
                     }
-                    None => None,
-                };
-                let span_id = key.as_ref().and_then(|k| self.spans.get(k)).map_or(self.root_span, |s| s.span_id);
+                }
                 match self.ex.config.events_as {
-                    EventsAs::Logs => encode::log_record(
-                        logs.entry(key).or_insert_with(|| Vec::with_capacity(256 * self.ex.config.batch_events)),
-                        batch,
-                        rec,
-                        self.names.get(&rec.event_id),
-                        &d.fields,
-                        &wall,
-                        observed,
-                        &trace_id,
-                        &span_id,
-                    ),
+                    EventsAs::Logs => {
+                        let buf = &mut logs[group];
+                        if buf.capacity() == 0 {
+                            buf.reserve(256 * self.ex.config.batch_events);
+                        }
+                        encode::log_record(
+                            buf,
+                            batch,
+                            rec,
+                            format,
+                            self.names.get(&rec.event_id),
+                            &wall,
+                            observed,
+                            &trace_id,
+                            &span_id,
+                        )
+                    }
                     EventsAs::SpanEvents => {
-                        chunks.entry(key).or_default().push(model::span_event(batch, rec, d, &wall))
+                        chunks[group].push(model::span_event(batch, rec, model::decode(batch, rec, &formats), &wall))
                     }
                 }
             }
@@ -254,9 +292,9 @@ impl Worker {
         drop(batches);
         let result = match self.ex.config.events_as {
             EventsAs::Logs => {
-                let mut body = Vec::with_capacity(logs.values().map(Vec::len).sum::<usize>() + 4096);
+                let mut body = Vec::with_capacity(logs.iter().map(Vec::len).sum::<usize>() + 4096);
                 let scope = model::scope();
-                for (key, records) in &logs {
+                for (key, records) in keys.iter().zip(&logs) {
                     encode::resource_logs(&mut body, &self.resource_of(key.as_deref()), &scope, records);
                 }
                 drop(logs);
@@ -265,8 +303,9 @@ impl Worker {
                 send(|| t.logs(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
             EventsAs::SpanEvents => {
-                let resource_spans = chunks
+                let resource_spans = keys
                     .into_iter()
+                    .zip(chunks)
                     .map(|(key, events)| {
                         let parent = key.as_ref().and_then(|k| self.spans.get(k)).map_or(self.root_span, |s| s.span_id);
                         let start = events.iter().map(|e| e.time_unix_nano).min().unwrap_or_default();

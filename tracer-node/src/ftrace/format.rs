@@ -160,22 +160,16 @@ fn read_uint(buf: &[u8], size: usize) -> Option<u64> {
     })
 }
 
-fn int_value(raw: u64, size: usize, signed: bool) -> Value {
+fn int_field(raw: u64, size: usize, signed: bool) -> FieldValue<'static> {
     if !signed {
-        return Value::from(raw);
+        return FieldValue::UInt(raw);
     }
-    let v = match size {
+    FieldValue::Int(match size {
         1 => i64::from(raw as u8 as i8),
         2 => i64::from(raw as u16 as i16),
         4 => i64::from(raw as u32 as i32),
         _ => raw as i64,
-    };
-    Value::from(v)
-}
-
-fn c_string(bytes: &[u8]) -> Value {
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    Value::from(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    })
 }
 
 impl EventFormat {
@@ -193,48 +187,104 @@ impl EventFormat {
     /// included). Pointers become hex strings, `char` arrays and `__data_loc` strings become
     /// strings, other arrays lists of numbers; a field that does not fit is skipped.
     pub fn decode(&self, payload: &[u8]) -> Map<String, Value> {
-        let mut out = Map::with_capacity(self.fields.len());
-        for f in &self.fields {
-            let Some(raw) = payload.get(f.offset..f.offset + f.size) else { continue };
-            let value = if f.is_data_loc() || f.is_rel_loc() {
+        let mut out = Map::new();
+        self.visit(payload, |name, v| {
+            out.insert(name.to_owned(), v.to_json());
+        });
+        out
+    }
+
+    /// Calls `f` with each event-specific field of `payload` that fits, in the format's order,
+    /// borrowing from the payload: what [`Self::decode`] makes values of, without allocating
+    /// (export encodes them straight into its buffer).
+    pub fn visit<'a>(&'a self, payload: &'a [u8], mut f: impl FnMut(&'a str, FieldValue<'a>)) {
+        for field in &self.fields {
+            let Some(raw) = payload.get(field.offset..field.offset + field.size) else { continue };
+            let value = if field.is_data_loc() || field.is_rel_loc() {
                 // 32 bits: offset in the low half, length in the high half; __rel_loc offsets
                 // count from the end of the field itself.
                 let Some(word) = read_uint(raw, 4) else { continue };
                 let (mut off, len) = ((word & 0xffff) as usize, (word >> 16) as usize);
-                if f.is_rel_loc() {
-                    off += f.offset + f.size;
+                if field.is_rel_loc() {
+                    off += field.offset + field.size;
                 }
                 let Some(data) = payload.get(off..off + len) else { continue };
-                if f.is_char() {
-                    c_string(data)
+                if field.is_char() {
+                    FieldValue::Str(until_nul(data))
                 } else {
-                    Value::from(data.iter().map(|b| u64::from(*b)).collect::<Vec<_>>())
+                    FieldValue::Ints { raw: data, elem: 1, signed: false }
                 }
-            } else if let Some(n) = f.array_len {
-                if f.is_char() {
-                    c_string(raw)
+            } else if let Some(n) = field.array_len {
+                if field.is_char() {
+                    FieldValue::Str(until_nul(raw))
                 } else {
-                    let elem = f.size.checked_div(n).unwrap_or(0);
-                    let items: Vec<Value> = (0..n)
-                        .filter_map(|i| read_uint(&raw[i * elem..], elem).map(|v| int_value(v, elem, f.signed)))
-                        .collect();
-                    Value::from(items)
+                    let elem = field.size.checked_div(n).unwrap_or(0);
+                    FieldValue::Ints { raw: &raw[..(elem * n).min(raw.len())], elem, signed: field.signed }
                 }
-            } else if f.is_pointer() {
-                match read_uint(raw, f.size) {
-                    Some(v) => Value::from(format!("{v:#x}")),
+            } else if field.is_pointer() {
+                match read_uint(raw, field.size) {
+                    Some(v) => FieldValue::Pointer(v),
                     None => continue,
                 }
             } else {
-                match read_uint(raw, f.size) {
-                    Some(v) => int_value(v, f.size, f.signed),
+                match read_uint(raw, field.size) {
+                    Some(v) => int_field(v, field.size, field.signed),
                     None => continue,
                 }
             };
-            out.insert(f.name.clone(), value);
+            f(&field.name, value);
         }
-        out
     }
+}
+
+/// One decoded field, borrowing from its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValue<'a> {
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer.
+    UInt(u64),
+    /// A pointer (shown in hex).
+    Pointer(u64),
+    /// A C string, up to its NUL (not checked for UTF-8).
+    Str(&'a [u8]),
+    /// An array of integers of `elem` bytes each (elements that do not fit are skipped).
+    Ints {
+        /// The array's bytes.
+        raw: &'a [u8],
+        /// Bytes per element.
+        elem: usize,
+        /// Whether the elements are signed.
+        signed: bool,
+    },
+}
+
+impl FieldValue<'_> {
+    /// The elements of an [`FieldValue::Ints`] array (nothing for the other kinds).
+    pub fn elements(&self) -> impl Iterator<Item = FieldValue<'static>> + '_ {
+        let (raw, elem, signed) = match *self {
+            FieldValue::Ints { raw, elem, signed } => (raw, elem, signed),
+            _ => (&[][..], 0, false),
+        };
+        raw.chunks_exact(elem.max(1))
+            .take(if elem == 0 { 0 } else { usize::MAX })
+            .filter_map(move |c| read_uint(c, elem).map(|v| int_field(v, elem, signed)))
+    }
+
+    /// The JSON value of the events endpoint.
+    pub fn to_json(&self) -> Value {
+        match *self {
+            FieldValue::Int(v) => Value::from(v),
+            FieldValue::UInt(v) => Value::from(v),
+            FieldValue::Pointer(v) => Value::from(format!("{v:#x}")),
+            FieldValue::Str(b) => Value::from(String::from_utf8_lossy(b).into_owned()),
+            FieldValue::Ints { .. } => Value::from(self.elements().map(|e| e.to_json()).collect::<Vec<_>>()),
+        }
+    }
+}
+
+fn until_nul(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len())]
 }
 
 #[cfg(test)]
