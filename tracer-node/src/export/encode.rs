@@ -83,24 +83,36 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
+/// Size of a length-delimited field of `len` bytes with a one-byte key.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// An attribute (`KeyValue`, field 6 of a `LogRecord`) whose value, an `AnyValue` of
+/// `value_len` bytes, `value` writes. Every length is known beforehand: nothing is moved.
+fn attr(buf: &mut Vec<u8>, k: &str, value_len: usize, value: impl FnOnce(&mut Vec<u8>)) {
+    let kv = field_len(k.len()) + field_len(value_len);
+    key(buf, 6, LEN);
+    varint(buf, kv as u64);
+    bytes_field(buf, 1, k.as_bytes());
+    key(buf, 2, LEN);
+    varint(buf, value_len as u64);
+    value(buf);
+}
+
 fn attr_str(buf: &mut Vec<u8>, k: &str, v: &str) {
-    nested(buf, 6, |buf| {
-        bytes_field(buf, 1, k.as_bytes());
-        nested(buf, 2, |buf| bytes_field(buf, 1, v.as_bytes()));
-    });
+    attr(buf, k, field_len(v.len()), |buf| bytes_field(buf, 1, v.as_bytes()));
 }
 
 fn attr_int(buf: &mut Vec<u8>, k: &str, v: i64) {
-    nested(buf, 6, |buf| {
-        bytes_field(buf, 1, k.as_bytes());
-        nested(buf, 2, |buf| {
-            key(buf, 3, VARINT);
-            varint(buf, v as u64);
-        });
+    attr(buf, k, 1 + varint_len(v as u64), |buf| {
+        key(buf, 3, VARINT);
+        varint(buf, v as u64);
     });
 }
 
-/// The names of an event, precomputed per format.
+/// The names of an event, precomputed per format, with the parts of a record that only
+/// depend on them encoded once.
 #[derive(Debug, Clone)]
 pub struct EventNames {
     /// `system:event`.
@@ -109,6 +121,48 @@ pub struct EventNames {
     pub system: String,
     /// Event.
     pub event: String,
+    /// The `ftrace.system` and `ftrace.event` attributes, encoded.
+    attrs: Vec<u8>,
+    /// The `event_name` field, encoded.
+    name_field: Vec<u8>,
+}
+
+impl EventNames {
+    /// The names of event `event` of `system`.
+    pub fn new(system: &str, event: &str) -> Self {
+        let full = format!("{system}:{event}");
+        let mut attrs = Vec::new();
+        attr_str(&mut attrs, "ftrace.system", system);
+        attr_str(&mut attrs, "ftrace.event", event);
+        let mut name_field = Vec::new();
+        bytes_field(&mut name_field, 12, full.as_bytes());
+        Self { full, system: system.to_owned(), event: event.to_owned(), attrs, name_field }
+    }
+}
+
+/// What consecutive records share, encoded once: a page's records are mostly of one thread.
+#[derive(Debug, Default)]
+pub struct RecordCache {
+    /// (thread, process, command) whose attributes `thread_attrs` holds.
+    thread: Option<(i32, i32, std::sync::Arc<str>)>,
+    thread_attrs: Vec<u8>,
+}
+
+impl RecordCache {
+    /// The `process.pid`, `thread.id` and `thread.name` attributes of `rec`'s thread.
+    fn thread_attrs(&mut self, rec: &Record) -> &[u8] {
+        let same = self.thread.as_ref().is_some_and(|(pid, tgid, comm)| {
+            *pid == rec.pid && *tgid == rec.task.tgid && std::sync::Arc::ptr_eq(comm, &rec.task.comm)
+        });
+        if !same {
+            self.thread_attrs.clear();
+            attr_int(&mut self.thread_attrs, "process.pid", i64::from(rec.task.tgid));
+            attr_int(&mut self.thread_attrs, "thread.id", i64::from(rec.pid));
+            attr_str(&mut self.thread_attrs, "thread.name", &rec.task.comm);
+            self.thread = Some((rec.pid, rec.task.tgid, rec.task.comm.clone()));
+        }
+        &self.thread_attrs
+    }
 }
 
 /// An `AnyValue` holding a decoded field: what the generated types make of its JSON value
@@ -180,6 +234,7 @@ fn hex(out: &mut [u8; 18], mut v: u64) -> &[u8] {
 #[allow(clippy::too_many_arguments)]
 pub fn log_record(
     buf: &mut Vec<u8>,
+    cache: &mut RecordCache,
     batch: &Batch,
     rec: &Record,
     format: Option<&EventFormat>,
@@ -191,9 +246,9 @@ pub fn log_record(
 ) {
     nested_hint(buf, 2, 2, |buf| {
         fixed64_field(buf, 1, wall.unix(rec.ts));
-        // body: the fields as a key/value list.
-        nested_hint(buf, 5, 2, |buf| {
-            nested_hint(buf, 6, 2, |buf| {
+        // body: the fields as a key/value list (mostly under 128 bytes: one-byte lengths).
+        nested(buf, 5, |buf| {
+            nested(buf, 6, |buf| {
                 if let Some(f) = format {
                     f.visit(batch.payload(rec), |name, v| {
                         nested(buf, 1, |buf| {
@@ -205,21 +260,18 @@ pub fn log_record(
             });
         });
         if let Some(n) = names {
-            attr_str(buf, "ftrace.system", &n.system);
-            attr_str(buf, "ftrace.event", &n.event);
+            buf.extend_from_slice(&n.attrs);
         }
         attr_int(buf, "ftrace.cpu", i64::from(batch.cpu));
         attr_int(buf, "ftrace.timestamp", rec.ts as i64);
-        attr_int(buf, "process.pid", i64::from(rec.task.tgid));
-        attr_int(buf, "thread.id", i64::from(rec.pid));
-        attr_str(buf, "thread.name", &rec.task.comm);
+        buf.extend_from_slice(cache.thread_attrs(rec));
         key(buf, 8, FIXED32);
         buf.extend_from_slice(&1u32.to_le_bytes());
         bytes_field(buf, 9, trace_id);
         bytes_field(buf, 10, span_id);
         fixed64_field(buf, 11, observed);
         match names {
-            Some(n) => bytes_field(buf, 12, n.full.as_bytes()),
+            Some(n) => buf.extend_from_slice(&n.name_field),
             None => bytes_field(buf, 12, format!("event_{}", rec.event_id).as_bytes()),
         }
     });
@@ -229,7 +281,6 @@ pub fn log_record(
 /// Their lengths are known beforehand, so the records are copied once, never moved.
 pub fn resource_logs(buf: &mut Vec<u8>, resource: &Resource, scope: &InstrumentationScope, records: &[u8]) {
     let (resource, scope) = (resource.encode_to_vec(), scope.encode_to_vec());
-    let field_len = |len: usize| 1 + varint_len(len as u64) + len;
     let scope_logs = field_len(scope.len()) + records.len();
     let resource_logs = field_len(resource.len()) + field_len(scope_logs);
     buf.reserve(field_len(resource_logs));
@@ -293,15 +344,15 @@ mod tests {
         let task = Arc::new(resolver.resolve(std::process::id() as i32, 0));
         let rec = Record { ts: 123_456_789, pid: -5, event_id: 7, offset: 0, len: payload.len() as u32, task };
         let batch = Batch { cpu: 3, page: Arc::new(payload), records: vec![] };
-        let names =
-            EventNames { full: "syscalls:sys_enter_x".into(), system: "syscalls".into(), event: "sys_enter_x".into() };
+        let names = EventNames::new("syscalls", "sys_enter_x");
         let wall = Wall::now();
         let (trace, span) = ([7u8; 16], [9u8; 8]);
         let resource = Resource { attributes: vec![model::s("k8s.pod.name", "p")], ..Default::default() };
 
-        let mut records = Vec::new();
-        log_record(&mut records, &batch, &rec, Some(&format), Some(&names), &wall, 42, &trace, &span);
-        log_record(&mut records, &batch, &rec, None, None, &wall, 43, &trace, &span);
+        let (mut records, mut cache) = (Vec::new(), RecordCache::default());
+        log_record(&mut records, &mut cache, &batch, &rec, Some(&format), Some(&names), &wall, 42, &trace, &span);
+        // The second record reuses the thread's encoded attributes.
+        log_record(&mut records, &mut cache, &batch, &rec, None, None, &wall, 43, &trace, &span);
         let mut buf = Vec::new();
         resource_logs(&mut buf, &resource, &model::scope(), &records);
         let mut got = ExportLogsServiceRequest::decode(buf.as_slice()).expect("valid protobuf");

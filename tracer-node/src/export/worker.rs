@@ -76,11 +76,7 @@ impl Worker {
         let names = formats
             .iter()
             .map(|(id, f)| {
-                let n = encode::EventNames {
-                    full: format!("{}:{}", f.system, f.name),
-                    system: f.system.clone(),
-                    event: f.name.clone(),
-                };
+                let n = encode::EventNames::new(&f.system, &f.name);
                 (*id, n)
             })
             .collect();
@@ -224,71 +220,107 @@ impl Worker {
         let (wall, observed) = (Wall::now(), model::unix_now());
         let trace_id = self.ctx.trace_id;
         // One group per container (and one for events of none): its encoded log records or
-        // its span events. Records of a page are mostly of one container, so the last group is
-        // tried first, and a container's id is copied once per flush, not per event.
-        let mut keys: Vec<Option<String>> = Vec::new();
+        // its span events. Records of a page are mostly of one container and one event, so
+        // the last group and the last event's format are tried first: a container's id is
+        // copied and its span looked up once per flush, not per event.
+        struct Group {
+            tag: Option<Arc<ContainerTag>>,
+            span_id: [u8; 8],
+            init: u32,
+            events: u64,
+        }
+        let mut groups: Vec<Group> = Vec::new();
         let mut logs: Vec<Vec<u8>> = Vec::new();
         let mut chunks: Vec<Vec<opentelemetry_proto::tonic::trace::v1::span::Event>> = Vec::new();
-        let mut last: Option<(Option<Arc<ContainerTag>>, usize)> = None;
+        let mut last_group = usize::MAX;
+        let mut cache = encode::RecordCache::default();
         let formats = self.formats.clone();
+        let names = std::mem::take(&mut self.names);
+        let mut last_event: Option<(u16, Option<&EventFormat>, Option<&encode::EventNames>)> = None;
         for batch in &batches {
             for rec in &batch.records {
-                let format = formats.get(&rec.event_id);
-                let tag = rec.task.container.as_ref();
-                let group = match &last {
-                    Some((t, g)) if t.as_ref().map(Arc::as_ptr) == tag.map(Arc::as_ptr) => *g,
+                let (format, event_names) = match last_event {
+                    Some((id, f, n)) if id == rec.event_id => (f, n),
                     _ => {
-                        let id = tag.map(|t| t.id.as_str());
-                        let g = keys.iter().position(|k| k.as_deref() == id).unwrap_or_else(|| {
-                            keys.push(id.map(str::to_owned));
-                            logs.push(Vec::new());
-                            chunks.push(Vec::new());
-                            keys.len() - 1
-                        });
-                        last = Some((tag.cloned(), g));
-                        g
+                        let (f, n) = (formats.get(&rec.event_id), names.get(&rec.event_id));
+                        last_event = Some((rec.event_id, f, n));
+                        (f, n)
                     }
                 };
-                let mut span_id = self.root_span;
-                if let Some(tag) = tag {
-                    if let Some(span) = self.span_of(tag, wall.unix(rec.ts)) {
-                        span.events += 1;
-                        span_id = span.span_id;
-                        // The exit status of the container is its init's exit_group argument.
-                        if format.is_some_and(|f| f.name == "sys_enter_exit_group")
-                            && u32::try_from(rec.task.tgid).is_ok_and(|t| t == span.init)
-                        {
-                            span.exit_code = model::decode(batch, rec, &formats)
-                                .fields
-                                .get("error_code")
-                                .and_then(serde_json::Value::as_i64);
+                let tag = rec.task.container.as_ref();
+                let same = |g: &Group| g.tag.as_ref().map(Arc::as_ptr) == tag.map(Arc::as_ptr);
+                if groups.get(last_group).is_none_or(|g| !same(g)) {
+                    let id = tag.map(|t| t.id.as_str());
+                    last_group = match groups.iter().position(|g| g.tag.as_ref().map(|t| t.id.as_str()) == id) {
+                        Some(g) => g,
+                        None => {
+                            let (span_id, init) = match tag.and_then(|t| self.span_of(t, wall.unix(rec.ts))) {
+                                Some(span) => (span.span_id, span.init),
+                                None => (self.root_span, 0),
+                            };
+                            groups.push(Group { tag: tag.cloned(), span_id, init, events: 0 });
+                            logs.push(Vec::new());
+                            chunks.push(Vec::new());
+                            groups.len() - 1
+                        }
+                    };
+                }
+                let group = &mut groups[last_group];
+                if let Some(tag) = &group.tag {
+                    group.events += 1;
+                    // The exit status of the container is its init's exit_group argument.
+                    if format.is_some_and(|f| f.name == "sys_enter_exit_group")
+                        && u32::try_from(rec.task.tgid).is_ok_and(|t| t == group.init)
+                    {
+                        let code = model::decode(batch, rec, &formats)
+                            .fields
+                            .get("error_code")
+                            .and_then(serde_json::Value::as_i64);
+                        if let Some(span) = self.spans.get_mut(&tag.id) {
+                            span.exit_code = code;
                         }
                     }
                 }
                 match self.ex.config.events_as {
                     EventsAs::Logs => {
-                        let buf = &mut logs[group];
+                        let buf = &mut logs[last_group];
                         if buf.capacity() == 0 {
-                            buf.reserve(256 * self.ex.config.batch_events);
+                            buf.reserve(320 * self.ex.config.batch_events);
                         }
                         encode::log_record(
                             buf,
+                            &mut cache,
                             batch,
                             rec,
                             format,
-                            self.names.get(&rec.event_id),
+                            event_names,
                             &wall,
                             observed,
                             &trace_id,
-                            &span_id,
+                            &group.span_id,
                         )
                     }
-                    EventsAs::SpanEvents => {
-                        chunks[group].push(model::span_event(batch, rec, model::decode(batch, rec, &formats), &wall))
-                    }
+                    EventsAs::SpanEvents => chunks[last_group].push(model::span_event(
+                        batch,
+                        rec,
+                        model::decode(batch, rec, &formats),
+                        &wall,
+                    )),
                 }
             }
         }
+        self.names = names;
+        let keys: Vec<Option<String>> = groups
+            .iter()
+            .map(|g| {
+                let tag = g.tag.as_ref()?;
+                if let Some(span) = self.spans.get_mut(&tag.id) {
+                    span.events += g.events;
+                }
+                Some(tag.id.clone())
+            })
+            .collect();
+        drop(groups);
         drop(batches);
         let result = match self.ex.config.events_as {
             EventsAs::Logs => {
