@@ -57,6 +57,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// The receiver process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts a receiver on free ports.
     pub fn start() -> Result<Self> {
         Self::start_on(0, 0)

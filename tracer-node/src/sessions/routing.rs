@@ -288,6 +288,7 @@ impl Router {
         let mut caught_up = false;
         let mut unknown: Vec<i32> = Vec::new();
         let now = std::time::Instant::now();
+        let mut last: Option<(i32, Arc<TaskInfo>)> = None;
         for ev in &parsed.events {
             let Some((event_id, pid)) = ids(&page, ev) else { continue };
             if !routes.wanted.contains(event_id) || windows.iter().all(|&(from, until)| ev.ts < from || ev.ts > until) {
@@ -295,10 +296,15 @@ impl Router {
             }
             // After an exec the thread has a new command, and what is older than the TTL may
             // be stale: ask procfs again. One clock read per page, one lookup per record.
+            // A page's events are mostly of one thread: the last one is tried before the map.
             let cached = if routes.exec.contains(event_id) {
                 None
             } else {
-                cache.get(&pid).filter(|t| now.saturating_duration_since(t.seen) <= TASK_TTL).cloned()
+                match &last {
+                    Some((p, t)) if *p == pid => Some(t.clone()),
+                    _ => cache.get(&pid).cloned(),
+                }
+                .filter(|t| now.saturating_duration_since(t.seen) <= TASK_TTL)
             };
             let task = match cached {
                 Some(t) => t,
@@ -322,6 +328,7 @@ impl Router {
                     info
                 }
             };
+            last = Some((pid, task.clone()));
             let at = match &task.container {
                 Some(tag) => {
                     let key = Arc::as_ptr(tag);
