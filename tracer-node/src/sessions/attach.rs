@@ -114,15 +114,43 @@ impl RegistryObserver for SessionManager {
         // In turn: the kernel serialises filter writes of every instance (20 appends to two
         // instances from two threads took as long as 20 to one), so what saves time is fewer
         // writes, each carrying every container that waited for it.
+        let mut written = Vec::new();
         for (r, sessions, ticket) in left {
             match r.filter().commit(ticket) {
                 Ok(()) => {
-                    info!(sessions = ?sessions, instance = %r.name(), container_id = %id, threads = tids.len(), "container attached to running sessions")
+                    info!(sessions = ?sessions, instance = %r.name(), container_id = %id, threads = tids.len(), "container attached to running sessions");
+                    written.push(r);
                 }
                 Err(e) => {
                     r.unhold(id);
                     error!(sessions = ?sessions, container_id = %id, error = %e, "cannot add container to pid filter")
                 }
+            }
+        }
+        // Threads created between the look and a filter's write were not followed by that
+        // filter (their creator was not in it yet): those still running are added now. Their
+        // later children are followed, their creators being in every filter by then.
+        if written.is_empty() {
+            return;
+        }
+        let seen: std::collections::HashSet<u32> = tids.iter().copied().collect();
+        let late: Vec<u32> = threads_of(&self.registry, init, entry.cgroup.as_deref())
+            .into_iter()
+            .filter(|t| !seen.contains(t))
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        let tickets: Vec<_> = written
+            .iter()
+            .map(|r| {
+                r.resolver().known_threads(init, &late);
+                r.filter().push(&late)
+            })
+            .collect();
+        for (r, ticket) in written.iter().zip(tickets) {
+            if let Err(e) = r.filter().commit(ticket) {
+                warn!(instance = %r.name(), container_id = %id, error = %e, threads = late.len(), "cannot add threads created while the container was attached");
             }
         }
     }

@@ -78,12 +78,12 @@ impl Recording {
     ) -> Result<Arc<Self>, StartFailure> {
         let p = program(tracefs, name, buffer_kb, functions)?;
         let instance = Arc::new(p.instance);
-        let router = Arc::new(Router::new(p.header, p.fork, p.exit, resolver));
+        // Set by the filter's first write: what the instance recorded before is the host's.
+        let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let router = Arc::new(Router::new(p.header, p.fork, p.exit, resolver, started.clone()));
         let readers = Readers::start(&instance, p.page_size, |cpu, progress| router.consumer(cpu, progress))
             .map_err(StartFailure::kernel("ring-buffer readers"))?;
-        // The filter's own start boundary is not used: each session has its window.
-        let unused = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let filter = Arc::new(PidFilter::new(instance.clone(), functions.is_some(), true, unused));
+        let filter = Arc::new(PidFilter::new(instance.clone(), functions.is_some(), true, started));
         info!(instance = %instance.name(), dedicated, "ftrace recording opened");
         Ok(Arc::new(Self {
             instance,

@@ -184,15 +184,26 @@ pub struct Router {
     /// Ties threads to the containers of the recording's sessions.
     pub resolver: Arc<Resolver>,
     routes: RwLock<Arc<Routes>>,
+    /// Where the recording's events begin (trace clock): 0 until its first threads are in its
+    /// pid filter. Recording is turned on before that first write (so that no fork of a
+    /// container's process goes unrecorded), and until the write returns the instance records
+    /// the whole host: those events are followed for their forks and exits, never routed.
+    started: Arc<AtomicU64>,
     /// Records wanted by some session whose thread could be tied to no container while more
     /// than one session shared the recording: no session can be told they are its.
     unattributed: AtomicU64,
 }
 
 impl Router {
-    /// A router with no session.
-    pub fn new(header: PageHeader, fork: Option<ForkEvent>, exit: Option<ExitEvent>, resolver: Arc<Resolver>) -> Self {
-        Self { header, fork, exit, resolver, routes: RwLock::default(), unattributed: AtomicU64::new(0) }
+    /// A router with no session; `started` is set once the recording's filter holds threads.
+    pub fn new(
+        header: PageHeader,
+        fork: Option<ForkEvent>,
+        exit: Option<ExitEvent>,
+        resolver: Arc<Resolver>,
+        started: Arc<AtomicU64>,
+    ) -> Self {
+        Self { header, fork, exit, resolver, routes: RwLock::default(), unattributed: AtomicU64::new(0), started }
     }
 
     fn routes(&self) -> Arc<Routes> {
@@ -258,7 +269,14 @@ impl Router {
             // of the page was recorded.
             let routes = router.routes();
             if !routes.slots.is_empty() {
-                router.route(cpu as u32, Arc::new(page), &parsed, &routes, &mut cache, &progress, last_ts);
+                // The first filter write stores it microseconds after it returns; bounded anyway.
+                let wait = std::time::Instant::now();
+                let mut started = router.started.load(Ordering::Acquire);
+                while started == 0 && wait.elapsed() < CATCH_UP {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    started = router.started.load(Ordering::Acquire);
+                }
+                router.route(cpu as u32, Arc::new(page), &parsed, &routes, &mut cache, &progress, last_ts, started);
             }
             progress.delivered(last_ts);
         })
@@ -276,6 +294,7 @@ impl Router {
         cache: &mut HashMap<i32, Arc<TaskInfo>>,
         progress: &Progress,
         last_ts: u64,
+        started: u64,
     ) {
         let slots = &routes.slots;
         let windows: Vec<(u64, u64)> = slots.iter().map(|s| s.window()).collect();
@@ -291,7 +310,10 @@ impl Router {
         let mut last: Option<(i32, Arc<TaskInfo>)> = None;
         for ev in &parsed.events {
             let Some((event_id, pid)) = ids(&page, ev) else { continue };
-            if !routes.wanted.contains(event_id) || windows.iter().all(|&(from, until)| ev.ts < from || ev.ts > until) {
+            if ev.ts < started
+                || !routes.wanted.contains(event_id)
+                || windows.iter().all(|&(from, until)| ev.ts < from || ev.ts > until)
+            {
                 continue;
             }
             // After an exec the thread has a new command, and what is older than the TTL may
@@ -449,7 +471,7 @@ mod tests {
     }
 
     fn router(resolver: Arc<Resolver>, fork: Option<ForkEvent>) -> Arc<Router> {
-        Arc::new(Router::new(crate::ftrace::ring::tests::HEADER, fork, None, resolver))
+        Arc::new(Router::new(crate::ftrace::ring::tests::HEADER, fork, None, resolver, Arc::new(AtomicU64::new(1))))
     }
 
     /// A slot open from `from`, taking `events` of `containers`.
@@ -612,6 +634,25 @@ mod tests {
         let b: Vec<Arc<Batch>> = stores.iter().map(|s| s.snapshot().remove(0)).collect();
         assert!(Arc::ptr_eq(&b[0], &b[1]) && Arc::ptr_eq(&b[2], &b[3]) && !Arc::ptr_eq(&b[0], &b[2]));
         assert_eq!((b[0].records.len(), b[2].records.len()), (2, 1));
+    }
+
+    /// Until the recording's first filter write returned, the instance recorded the whole
+    /// host: those events are no session's, even one alone whose window is open (a host
+    /// process would be taken for its container's).
+    #[test]
+    fn what_was_recorded_before_the_first_filter_write_is_not_routed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolver = Arc::new(Resolver::new(Procfs::new(dir.path(), dir.path()), Arc::default()));
+        resolver.add_container(100, tag("a"));
+        let started = Arc::new(AtomicU64::new(500));
+        let r = Arc::new(Router::new(crate::ftrace::ring::tests::HEADER, None, None, resolver, started));
+        let (s, st) = slot(1, &[5], &["a"], 1);
+        r.publish(s);
+        let mut consume = r.consumer(0, alone());
+        consume(PageBuilder::new(400).event(0, &payload(5, 4242)).event(0, &payload(5, 100)).finish(0));
+        assert!(got(&st).is_empty(), "recorded before the filter held threads");
+        consume(PageBuilder::new(600).event(0, &payload(5, 100)).finish(0));
+        assert_eq!(got(&st), vec![(5, 100, 600)]);
     }
 
     #[test]
