@@ -90,9 +90,31 @@ impl Lineage {
     }
 }
 
-/// A `char[16]` command field of an event payload.
-fn comm_at(payload: &[u8], (at, len): (usize, usize)) -> Option<Arc<str>> {
-    let raw = payload.get(at..at + len)?;
+/// Where an event keeps a command: a `char[16]` in place, or (kernels since 6.10 for the fork
+/// event) a `__data_loc char[]`, a 32-bit word holding the string's offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CommField {
+    at: usize,
+    len: usize,
+    data_loc: bool,
+}
+
+impl CommField {
+    fn of(f: &EventFormat, name: &str) -> Option<Self> {
+        let x = f.fields.iter().find(|x| x.name == name)?;
+        let data_loc = x.ctype.starts_with("__data_loc");
+        (data_loc || x.ctype.starts_with("char")).then_some(Self { at: x.offset, len: x.size, data_loc })
+    }
+}
+
+/// The command an event payload holds at `c`.
+fn comm_at(payload: &[u8], c: CommField) -> Option<Arc<str>> {
+    let mut raw = payload.get(c.at..c.at + c.len)?;
+    if c.data_loc {
+        let word = u32::from_ne_bytes(raw.get(..4)?.try_into().ok()?);
+        let (off, len) = ((word & 0xffff) as usize, (word >> 16) as usize);
+        raw = payload.get(off..off + len)?;
+    }
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
     Some(Arc::from(String::from_utf8_lossy(&raw[..end]).as_ref()))
 }
@@ -109,7 +131,7 @@ pub struct ForkEvent {
     pub id: u16,
     parent: usize,
     child: usize,
-    comm: Option<(usize, usize)>,
+    comm: Option<CommField>,
 }
 
 impl ForkEvent {
@@ -119,7 +141,7 @@ impl ForkEvent {
             id: f.id,
             parent: field(f, "parent_pid", Some(4))?.0,
             child: field(f, "child_pid", Some(4))?.0,
-            comm: field(f, "child_comm", None),
+            comm: CommField::of(f, "child_comm"),
         })
     }
 
@@ -142,13 +164,13 @@ impl ForkEvent {
 pub struct ExitEvent {
     /// Its event id.
     pub id: u16,
-    comm: Option<(usize, usize)>,
+    comm: Option<CommField>,
 }
 
 impl ExitEvent {
     /// The layout of `sched_process_exit`.
     pub fn from_format(f: &EventFormat) -> Self {
-        Self { id: f.id, comm: field(f, "comm", None) }
+        Self { id: f.id, comm: CommField::of(f, "comm") }
     }
 
     /// The exiting thread's command.
@@ -215,5 +237,29 @@ mod tests {
         payload[28..31].copy_from_slice(b"cat");
         assert_eq!(fork.comm(&payload).as_deref(), Some("cat"));
         assert_eq!(fork.parse(&payload[..40]), None, "a short payload is no fork");
+    }
+
+    /// Since 6.10 the fork event's commands are `__data_loc` strings (this machine's kernel):
+    /// reading the location word as text gave commands like "\u{1b}".
+    #[test]
+    fn a_data_loc_child_command_is_read_where_it_points() {
+        let text = "name: sched_process_fork\nID: 366\nformat:\n\
+            \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+            \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
+            \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
+            \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+            \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        let f = crate::ftrace::format::parse_event_format("sched", text).expect("format");
+        let fork = ForkEvent::from_format(&f).expect("pid fields");
+        let mut payload = vec![0u8; 24];
+        payload[8..12].copy_from_slice(&(24u32 | (3 << 16)).to_ne_bytes());
+        payload[12..16].copy_from_slice(&77i32.to_ne_bytes());
+        payload[16..20].copy_from_slice(&(27u32 | (4 << 16)).to_ne_bytes());
+        payload[20..24].copy_from_slice(&78i32.to_ne_bytes());
+        payload.extend_from_slice(b"sh\0cat\0");
+        assert_eq!(fork.parse(&payload), Some((77, 78)));
+        assert_eq!(fork.comm(&payload).as_deref(), Some("cat"));
+        payload[16..20].copy_from_slice(&(27u32 | (40 << 16)).to_ne_bytes());
+        assert_eq!(fork.comm(&payload), None, "a location past the payload is no command");
     }
 }
