@@ -46,8 +46,6 @@ pub struct PidFilter {
     /// Whether `tracing_on` was set. Recording starts with the first batch, never before: an
     /// empty filter would record the whole host.
     recording: AtomicBool,
-    /// Whether the instance's clock is `mono`, which decides the order of the first batch.
-    mono: bool,
     /// Where the run's events begin, in the trace clock; 0 until the first batch is written
     /// (the readers wait for it).
     from_ts: Arc<AtomicU64>,
@@ -63,13 +61,13 @@ impl std::fmt::Debug for PidFilter {
 }
 
 impl PidFilter {
-    /// The filter of `instance`, not recording yet; `from_ts` is set once it does.
-    pub fn new(instance: Arc<Instance>, functions: bool, mono: bool, from_ts: Arc<AtomicU64>) -> Self {
+    /// The filter of `instance` (whose clock must be `mono`), not recording yet; `from_ts` is
+    /// set once it does.
+    pub fn new(instance: Arc<Instance>, functions: bool, from_ts: Arc<AtomicU64>) -> Self {
         Self {
             instance,
             functions,
             recording: AtomicBool::new(false),
-            mono,
             from_ts,
             pending: Mutex::default(),
             writer: Mutex::default(),
@@ -124,28 +122,21 @@ impl PidFilter {
         result
     }
 
-    /// Writes the run's first list and turns recording on. With the mono clock recording goes
-    /// first: a write that replaces a list leaves, for a whole RCU grace period, running tasks in
-    /// the new list whose forks are still ignored, and their children would be recorded with no
-    /// fork to tie them to their container. Written into a recording instance the list is the
-    /// first one, so forks are followed from the start; what the instance recorded of the host
-    /// before the write returned is before `from_ts` and not shown (its forks and exits are
-    /// still followed). Other clocks cannot be compared with ours: then the filter goes first,
-    /// nothing of the host is recorded, and every event is shown.
+    /// Writes the run's first list and turns recording on. Recording goes first: a write that
+    /// replaces a list leaves, for a whole RCU grace period, running tasks in the new list whose
+    /// forks are still ignored, and their children would be recorded with no fork to tie them to
+    /// their container. Written into a recording instance the list is the first one, so forks
+    /// are followed from the start; what the instance recorded of the host before the write
+    /// returned is before `from_ts` and not shown (its forks and exits are still followed).
+    /// That compares the instance's `mono` clock with ours.
     fn first_batch(&self, tids: &[u32]) -> Result<(), TracefsError> {
-        if self.mono {
-            self.instance.set_tracing_on(true)?;
-            if let Err(e) = self.instance.add_pids(tids, self.functions) {
-                // Never left recording the whole host.
-                let _ = self.instance.set_tracing_on(false);
-                return Err(e);
-            }
-            self.from_ts.store(monotonic_ns().max(1), Ordering::Release);
-        } else {
-            self.instance.add_pids(tids, self.functions)?;
-            self.instance.set_tracing_on(true)?;
-            self.from_ts.store(1, Ordering::Release);
+        self.instance.set_tracing_on(true)?;
+        if let Err(e) = self.instance.add_pids(tids, self.functions) {
+            // Never left recording the whole host.
+            let _ = self.instance.set_tracing_on(false);
+            return Err(e);
         }
+        self.from_ts.store(monotonic_ns().max(1), Ordering::Release);
         self.recording.store(true, Ordering::Release);
         Ok(())
     }
@@ -186,7 +177,7 @@ mod tests {
         let Some(fs) = tracefs() else { return };
         let instance = Arc::new(Instance::create(&fs, &std::process::id().to_string()).expect("instance"));
         let from_ts = Arc::new(AtomicU64::new(0));
-        let filter = Arc::new(PidFilter::new(instance.clone(), false, true, from_ts.clone()));
+        let filter = Arc::new(PidFilter::new(instance.clone(), false, from_ts.clone()));
         let writers = 32u32;
         std::thread::scope(|s| {
             for i in 0..writers {

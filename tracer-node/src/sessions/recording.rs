@@ -83,7 +83,7 @@ impl Recording {
         let router = Arc::new(Router::new(p.header, p.fork, p.exit, resolver, started.clone()));
         let readers = Readers::start(&instance, p.page_size, |cpu, progress| router.consumer(cpu, progress))
             .map_err(StartFailure::kernel("ring-buffer readers"))?;
-        let filter = Arc::new(PidFilter::new(instance.clone(), functions.is_some(), true, started));
+        let filter = Arc::new(PidFilter::new(instance.clone(), functions.is_some(), started));
         info!(instance = %instance.name(), dedicated, "ftrace recording opened");
         Ok(Arc::new(Self {
             instance,
