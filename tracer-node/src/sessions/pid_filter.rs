@@ -74,11 +74,6 @@ impl PidFilter {
         }
     }
 
-    /// The instance.
-    pub fn instance(&self) -> &Arc<Instance> {
-        &self.instance
-    }
-
     /// Whether the instance records.
     pub fn recording(&self) -> bool {
         self.recording.load(Ordering::Acquire)

@@ -103,11 +103,6 @@ impl Recording {
         self.instance.name()
     }
 
-    /// The instance.
-    pub fn instance(&self) -> &Arc<Instance> {
-        &self.instance
-    }
-
     /// The pid filter (the union of every session's threads).
     pub fn filter(&self) -> &Arc<PidFilter> {
         &self.filter
