@@ -61,8 +61,20 @@ impl Node {
         Ok(node)
     }
 
-    /// This node's ftrace instances present in tracefs now.
+    /// This node's recording instances present in tracefs now (those of its sessions; the
+    /// task tracker's two, always there, are [`Node::tracker_instances`]).
     pub fn instances(&self) -> Vec<String> {
+        let tracker = self.tracker_instances();
+        self.all_instances().into_iter().filter(|n| !tracker.contains(n)).collect()
+    }
+
+    /// The names of the task tracker's instances.
+    pub fn tracker_instances(&self) -> [String; 2] {
+        [format!("{}tasks", self.prefix), format!("{}cgroups", self.prefix)]
+    }
+
+    /// Every ftrace instance of this node present in tracefs now.
+    pub fn all_instances(&self) -> Vec<String> {
         fs::read_dir("/sys/kernel/tracing/instances")
             .map(|d| {
                 d.flatten()
@@ -275,7 +287,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop(true);
         // Whatever a failed test left behind: this node's instances only.
-        for name in self.instances() {
+        for name in self.all_instances() {
             let dir = Path::new("/sys/kernel/tracing/instances").join(name);
             let _ = fs::write(dir.join("tracing_on"), "0");
             let _ = fs::remove_dir(dir);

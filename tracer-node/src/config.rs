@@ -74,6 +74,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
     pub trace_buffer_kb: u64,
 
+    /// Per-CPU ring buffer of the task tracker's instance (the containers' forks, exits and
+    /// execs, which keep `GET /v1/pods` in memory), in KiB. A fork costs about 100 bytes; a
+    /// buffer that overflows between two reads makes every container be read again.
+    #[arg(long, env = "TRACER_TASK_BUFFER_KB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(16..=65_536))]
+    pub task_buffer_kb: u64,
+
     /// Events each session keeps for `GET /v1/trace-session/<id>/events`.
     #[arg(long, env = "TRACER_TRACE_RETENTION", default_value_t = 262_144,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]

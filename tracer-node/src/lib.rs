@@ -13,6 +13,7 @@ pub mod ids;
 pub mod metrics;
 pub mod registry;
 pub mod sessions;
+pub mod tasks;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
@@ -109,6 +110,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let registry =
         Registry::new(Procfs::new(&config.procfs_path, &config.sysfs_path), Some(Store::open(&config.state_dir)?))?;
+    // Before any container is loaded: each registration is then followed from the start.
+    let tracker = match tasks::TaskTracker::start(&tracefs, registry.procfs().clone(), config.task_buffer_kb) {
+        Ok(t) => {
+            registry.set_tracker(t.clone());
+            Some(t)
+        }
+        Err(e) => {
+            warn!(error = %e, "task tracker unavailable: GET /v1/pods reads every container from procfs");
+            None
+        }
+    };
     let external = match &config.trace_hooks {
         Some(dir) => {
             let env =
@@ -215,7 +227,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if let Some(t) = token_watch {
         t.abort();
     }
-    // Leave no instance behind: stop every session (their readers drain) and remove them.
+    // Leave no instance behind: the tracker's, then every session's (their readers drain).
+    if let Some(t) = tracker.clone() {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     if let Err(e) = sessions.delete_all().await {
         tracing::warn!(error = %e, "cleaning up sessions at shutdown failed");
     }

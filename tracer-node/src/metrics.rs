@@ -84,6 +84,11 @@ pub struct Gauges {
     pub export_enabled: bool,
     /// Whether the exit watcher runs.
     pub exit_watcher_up: bool,
+    /// Whether the task tracker runs.
+    pub task_tracker_up: bool,
+    /// The task tracker's counters: (containers read by it, losses of events, containers
+    /// `/v1/pods` took from memory, containers it read live).
+    pub task_tracker: [u64; 4],
 }
 
 /// One scrape's values, encoded by `prometheus-client`. Every counter is a single atomic that
@@ -139,6 +144,11 @@ pub fn render(m: &Metrics, r: &RegistryCounters, http: &ServerStats, g: &Gauges)
                 "exit_watcher_up",
                 "1 while the thread that sees container inits exit runs; 0 means exits are seen at poststop only.",
                 u64::from(g.exit_watcher_up),
+            ),
+            (
+                "task_tracker_up",
+                "1 while the task tracker runs; 0 means GET /v1/pods reads every container from procfs.",
+                u64::from(g.task_tracker_up),
             ),
             ("sessions", "Trace sessions.", g.sessions),
             ("sessions_running", "Running trace sessions.", g.sessions_running),
@@ -224,6 +234,24 @@ pub fn render(m: &Metrics, r: &RegistryCounters, http: &ServerStats, g: &Gauges)
                     ([("reason", "write_timeout"), ("", "")], l(&http.write_timeouts)),
                     ([("reason", "tls_handshake"), ("", "")], l(&http.handshake_failures)),
                 ],
+            ),
+            (
+                "pod_task_reads",
+                "Containers listed by GET /v1/pods, by where their processes came from (memory: the task tracker).",
+                vec![
+                    ([("source", "memory"), ("", "")], g.task_tracker[2]),
+                    ([("source", "procfs"), ("", "")], g.task_tracker[3]),
+                ],
+            ),
+            (
+                "task_tracker_rescans",
+                "Containers the task tracker read from procfs (registration, cgroup moves, reparenting, losses).",
+                one(g.task_tracker[0]),
+            ),
+            (
+                "task_tracker_losses",
+                "Times the kernel lost task events and every container was read again.",
+                one(g.task_tracker[1]),
             ),
             (
                 "late_attachments",

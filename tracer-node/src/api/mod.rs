@@ -87,9 +87,10 @@ async fn get_pods(
     }
     let registry = state.registry.clone();
     // Reading cgroups and stats is blocking file I/O: keep it off the async workers.
-    let pods = tokio::task::spawn_blocking(move || pods::build(&entries, registry.procfs()))
-        .await
-        .map_err(|e| ApiError::Internal(format!("pods task failed: {e}")))?;
+    let pods =
+        tokio::task::spawn_blocking(move || pods::build(&entries, registry.procfs(), registry.tracker().map(|t| &**t)))
+            .await
+            .map_err(|e| ApiError::Internal(format!("pods task failed: {e}")))?;
     Ok(Json(pods))
 }
 
@@ -103,6 +104,8 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         live_overrun,
         export_enabled: state.sessions.exporter().is_some(),
         exit_watcher_up: state.registry.exit_watcher_alive(),
+        task_tracker_up: state.registry.tracker().is_some_and(|t| t.is_alive()),
+        task_tracker: state.registry.tracker().map(|t| t.counters.snapshot()).unwrap_or_default(),
     };
     let text = crate::metrics::render(state.sessions.metrics(), &state.registry.counters, &state.http, &gauges);
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)

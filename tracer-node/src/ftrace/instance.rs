@@ -101,6 +101,11 @@ impl Instance {
         self.write("buffer_size_kb", &kb.to_string())
     }
 
+    /// How full (percent) a CPU's buffer must be before a reader waiting in poll is woken.
+    pub fn set_buffer_percent(&self, percent: u8) -> Result<(), TracefsError> {
+        self.write("buffer_percent", &percent.min(100).to_string())
+    }
+
     /// Uses the `mono` trace clock (CLOCK_MONOTONIC), comparable across CPUs and with ours.
     pub fn use_mono_clock(&self) -> Result<(), TracefsError> {
         self.write("trace_clock", "mono")

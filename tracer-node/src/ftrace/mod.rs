@@ -4,6 +4,8 @@
 pub mod barrier;
 pub mod format;
 pub mod instance;
+pub mod pid_filter;
+pub mod pipes;
 pub mod reader;
 pub mod ring;
 pub mod tracefs;

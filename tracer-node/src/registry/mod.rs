@@ -22,6 +22,8 @@ use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tracer_api::{hook::MESSAGE_VERSION, ContainerCreated, ContainerKind, RegistryEvent};
 use tracing::{error, info, warn};
 
+use crate::tasks::TaskTracker;
+
 use self::{
     exits::{ExitWatcher, OnExit},
     procfs::{ProcError, Procfs},
@@ -171,6 +173,8 @@ pub struct Registry {
     /// The daemon's (the host's) pid namespace, read once at start.
     own_pid_namespace: Option<PathBuf>,
     observer: std::sync::OnceLock<Weak<dyn RegistryObserver>>,
+    /// Keeps every container's processes in memory, when the kernel allows it.
+    tracker: std::sync::OnceLock<Arc<TaskTracker>>,
     /// Counters of hook deliveries and spool replays, for `/metrics`.
     pub counters: crate::metrics::RegistryCounters,
 }
@@ -214,6 +218,7 @@ impl Registry {
             isolation,
             own_pid_namespace,
             observer: std::sync::OnceLock::new(),
+            tracker: std::sync::OnceLock::new(),
             counters: crate::metrics::RegistryCounters::default(),
         });
         // Only now that the registry exists may the thread look for it.
@@ -229,6 +234,17 @@ impl Registry {
     /// Sets the observer (once).
     pub fn set_observer(&self, observer: Weak<dyn RegistryObserver>) {
         let _ = self.observer.set(observer);
+    }
+
+    /// Sets the task tracker (once), before containers are loaded: it follows every
+    /// container registered from then on.
+    pub fn set_tracker(&self, tracker: Arc<TaskTracker>) {
+        let _ = self.tracker.set(tracker);
+    }
+
+    /// The task tracker, when it runs.
+    pub fn tracker(&self) -> Option<&Arc<TaskTracker>> {
+        self.tracker.get()
     }
 
     fn observer(&self) -> Option<Arc<dyn RegistryObserver>> {
@@ -416,6 +432,11 @@ impl Registry {
             error!(container_id = %id, error = %e, "cannot watch init for exit; relying on poststop");
         }
         let old = map.insert(id.clone(), entry.clone());
+        // Under the map's lock, so that a removal racing with this registration is queued
+        // after it (the tracker only queues here).
+        if let Some(t) = self.tracker.get() {
+            t.track(&entry);
+        }
         drop(map);
         if let Some(old) = old {
             self.unwatch(old.generation);
@@ -437,6 +458,9 @@ impl Registry {
             _ => return Applied::NotRegistered,
         }
         let Some(entry) = map.remove(id) else { return Applied::NotRegistered };
+        if let Some(t) = self.tracker.get() {
+            t.untrack(id);
+        }
         drop(map);
         self.unwatch(entry.generation);
         if let Some(store) = &self.store {

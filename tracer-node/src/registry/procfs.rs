@@ -137,6 +137,23 @@ impl Procfs {
         })
     }
 
+    /// A container cgroup directory as the kernel names it in cgroup events: relative to its
+    /// hierarchy's root (`/system.slice/crun-ab12.scope`). `None` for a directory outside the
+    /// cgroup filesystem or a hierarchy's root.
+    pub fn cgroup_relative(&self, dir: &Path) -> Option<String> {
+        let rel = dir.strip_prefix(&self.cgroup_root).ok()?;
+        let rel = if self.cgroup_root.join("cgroup.controllers").exists() {
+            rel
+        } else {
+            // cgroup v1 or hybrid: the first component is the hierarchy's mount (`pids`, `unified`).
+            let mut parts = rel.components();
+            parts.next()?;
+            parts.as_path()
+        };
+        let rel = rel.to_str()?;
+        (!rel.is_empty()).then(|| format!("/{rel}"))
+    }
+
     /// Every process of a container, the init first, the rest in ascending order. With a cgroup,
     /// its processes and those of its child cgroups; without, the init and its descendants.
     /// Empty when the init is gone.
@@ -266,6 +283,9 @@ mod tests {
         // A cgroup not named after the container (a shared one) is never taken.
         assert_eq!(p.container_cgroup(42, "other-id"), None);
         assert_eq!(p.tasks(42, Some(&pids)), vec![42, 43, 44]);
+        assert_eq!(p.cgroup_relative(&pids).as_deref(), Some("/x1"), "the mount is not part of the name");
+        assert_eq!(p.cgroup_relative(&sys.join("fs/cgroup/pids")), None);
+        assert_eq!(p.cgroup_relative(dir.path()), None);
     }
 
     #[test]
@@ -285,6 +305,7 @@ mod tests {
         let scope = root.join("system.slice/crun-ab12.scope");
         assert_eq!(p.container_cgroup(42, "ab12"), Some(scope.clone()));
         assert_eq!(p.tasks(42, Some(&scope)), vec![42, 43]);
+        assert_eq!(p.cgroup_relative(&scope).as_deref(), Some("/system.slice/crun-ab12.scope"));
         // A parent that is not named after the container is not taken either.
         assert_eq!(p.container_cgroup(42, "other"), None);
     }

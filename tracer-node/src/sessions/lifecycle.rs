@@ -8,7 +8,6 @@ use tracing::{info, warn};
 
 use super::{
     attach::{container_tids, threads_of},
-    pid_filter::monotonic_ns,
     program::StartFailure,
     recording::{Joined, Recording},
     resolver::Resolver,
@@ -16,6 +15,7 @@ use super::{
 };
 use crate::{
     export::model::SessionContext,
+    ftrace::pid_filter::monotonic_ns,
     hooks::{FtracePlan, Plan},
 };
 

@@ -1,7 +1,7 @@
 //! Kernel programming of a recording (see [`super::recording`]): one new ftrace instance with
 //! its buffer size, clock, options, attribution events and function tracer, and what the
 //! readers need to decode its pages; and the formats of what a session asks for. Nothing here
-//! records yet: recording starts with the first pid filter write (see [`super::pid_filter`]).
+//! records yet: recording starts with the first pid filter write (see [`crate::ftrace::pid_filter`]).
 
 use std::collections::HashMap;
 
@@ -39,7 +39,7 @@ pub enum StartFailure {
     },
     /// The first pid filter write.
     #[error("pid filter: {0}")]
-    PidFilter(#[source] super::pid_filter::PidFilterError),
+    PidFilter(#[source] crate::ftrace::pid_filter::PidFilterError),
     /// The hook cannot run here (an auto-trace annotation the node refuses).
     #[error("{0}")]
     Unusable(String),
@@ -58,7 +58,7 @@ impl StartFailure {
     pub fn kernel_short(&self) -> bool {
         match self {
             Self::Kernel { source, .. } | Self::FunctionTracer { source, .. } => source.is_kernel_short(),
-            Self::PidFilter(super::pid_filter::PidFilterError::Kernel(e)) => e.is_kernel_short(),
+            Self::PidFilter(crate::ftrace::pid_filter::PidFilterError::Kernel(e)) => e.is_kernel_short(),
             Self::PidFilter(_) | Self::External(_) | Self::Unusable(_) => false,
         }
     }

@@ -22,13 +22,12 @@ use tracing::{info, warn};
 
 use super::{
     events::EventStore,
-    pid_filter::PidFilter,
     program::{overrun, plan_formats, program, StartFailure},
     resolver::Resolver,
     routing::{EventSet, Router, Slot},
 };
 use crate::{
-    ftrace::{barrier::Barrier, format::EventFormat, reader::Readers, Instance, Tracefs},
+    ftrace::{barrier::Barrier, format::EventFormat, pid_filter::PidFilter, reader::Readers, Instance, Tracefs},
     hooks::{EventSel, FtracePlan},
 };
 
@@ -197,7 +196,7 @@ impl Recording {
     /// table. Answers the kernel losses of its time on the recording. Blocking; its events
     /// are released with [`Self::release`].
     pub fn close(&self, slot: &Arc<Slot>, discard: bool) -> u64 {
-        let now = super::pid_filter::monotonic_ns();
+        let now = crate::ftrace::pid_filter::monotonic_ns();
         slot.close_at(now);
         if !discard && !self.barrier.wait_delivered(now, DRAIN_WAIT) {
             warn!(session = slot.session, instance = %self.name(), "the readers did not deliver the session's last events in time");
