@@ -351,46 +351,75 @@ impl TaskTracker {
         Scan { procs, ppid: self.procfs.stat(init).ok().map(|s| s.ppid) }
     }
 
-    /// Rescans container `id`: its threads not in the kernel's filter yet are written there,
-    /// until a read finds none new (their children forked before the write were not followed),
-    /// then the read is merged. The lock is held for the merge only, never for procfs or the
-    /// filter write. Answers whether the container is known exactly now.
-    fn rescan(&self, id: &Arc<str>, parents: &mut Parents) -> bool {
-        let target = {
+    /// Rescans containers: the threads of theirs not in the kernel's filter yet are written
+    /// there, and each is read again until a read finds none new (children forked before
+    /// their creator's write were not followed); then that read is merged. Every container's
+    /// new threads go in one write per round: a write waits for an RCU grace period (tens of
+    /// ms), and 200 containers registering at once must not take 200 of them. The lock is held
+    /// for adopting and merging only, never for procfs or the filter write. Answers the
+    /// containers still not known exactly (threads kept appearing, or the write failed).
+    fn rescan(&self, ids: impl IntoIterator<Item = Arc<str>>, parents: &mut Parents) -> Vec<Arc<str>> {
+        struct Pending {
+            id: Arc<str>,
+            init: u32,
+            dir: Option<PathBuf>,
+            written: HashSet<u32>,
+        }
+        let mut pending: Vec<Pending> = {
             let core = self.core();
-            core.table.target(id).zip(core.dirs.get(id).cloned())
+            ids.into_iter()
+                .filter_map(|id| {
+                    let (init, dir) = core.table.target(&id).zip(core.dirs.get(&id).cloned())?;
+                    Some(Pending { id, init, dir, written: HashSet::new() })
+                })
+                .collect()
         };
-        let Some((init, dir)) = target else { return true };
-        self.counters.rescans.fetch_add(1, Ordering::Relaxed);
-        let mut written: HashSet<u32> = HashSet::new();
+        self.counters.rescans.fetch_add(pending.len() as u64, Ordering::Relaxed);
         for _ in 0..RESCAN_ROUNDS {
-            let t0 = monotonic_ns();
-            let scan = self.scan(init, dir.as_deref());
-            let new: Vec<u32> = {
-                let core = self.core();
-                scan.tids().filter(|t| !written.contains(t) && !core.table.knows(*t)).collect()
-            };
-            if !new.is_empty() && !scan.procs.is_empty() {
-                if let Err(e) = self.filter.commit(self.filter.push(&new)) {
-                    warn!(container_id = %id, error = %e, "task tracker: cannot add threads to its filter");
-                    return false;
+            if pending.is_empty() || self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let reads: Vec<(u64, Scan, Vec<u32>)> = pending
+                .iter()
+                .map(|p| {
+                    let t0 = monotonic_ns();
+                    let scan = self.scan(p.init, p.dir.as_deref());
+                    let core = self.core();
+                    let new: Vec<u32> =
+                        scan.tids().filter(|t| !p.written.contains(t) && !core.table.knows(*t)).collect();
+                    (t0, scan, new)
+                })
+                .collect();
+            let all_new: Vec<u32> = reads.iter().flat_map(|(_, _, n)| n.iter().copied()).collect();
+            if !all_new.is_empty() {
+                if let Err(e) = self.filter.commit(self.filter.push(&all_new)) {
+                    warn!(error = %e, containers = pending.len(), "task tracker: cannot add threads to its filter");
+                    return pending.into_iter().map(|p| p.id).collect();
                 }
-                self.core().table.adopt(id, &scan, &new, t0);
-                written.extend(new);
-                continue;
             }
             let mut core = self.core();
             core.drain(&self.counters);
-            core.table.merge(id, &scan, t0);
-            drop(core);
-            if let Some(ppid) = scan.ppid {
-                parents.watch(id, ppid);
+            let mut still = Vec::new();
+            for (mut p, (t0, scan, new)) in pending.into_iter().zip(reads) {
+                if new.is_empty() || scan.procs.is_empty() {
+                    core.table.merge(&p.id, &scan, t0);
+                    if let Some(ppid) = scan.ppid {
+                        parents.watch(&p.id, ppid);
+                    }
+                    debug!(container_id = %p.id, processes = scan.procs.len(), "task tracker: container read");
+                } else {
+                    core.table.adopt(&p.id, &scan, &new, t0);
+                    p.written.extend(new);
+                    still.push(p);
+                }
             }
-            debug!(container_id = %id, processes = scan.procs.len(), "task tracker: container read");
-            return true;
+            drop(core);
+            pending = still;
         }
-        debug!(container_id = %id, "task tracker: threads still appearing; the container is read again later");
-        false
+        for p in &pending {
+            debug!(container_id = %p.id, "task tracker: threads still appearing; the container is read again later");
+        }
+        pending.into_iter().map(|p| p.id).collect()
     }
 }
 
@@ -430,13 +459,8 @@ fn run(me: std::sync::Weak<TaskTracker>, pipes: Vec<OwnedFd>, mut parents: Paren
             }
             r
         };
-        for id in rescans {
-            if t.stop.load(Ordering::Acquire) {
-                return;
-            }
-            if !t.rescan(&id, &mut parents) {
-                retry.push(id);
-            }
+        if !rescans.is_empty() {
+            retry = t.rescan(rescans, &mut parents);
         }
     }
 }
