@@ -196,9 +196,23 @@ fn pods_lists_what_a_fresh_scan_finds_under_fork_heavy_load() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // `DELETE all` cleans up every session's instance, never the tracker's.
+    let (status, _) = node.call("DELETE", "/v1/trace-session/all", None).expect("DELETE all");
+    assert_eq!(status, 200);
+    let tasks_instance = format!("/sys/kernel/tracing/instances/{}", node.tracker_instances()[0]);
+    assert_eq!(fs::read_to_string(format!("{tasks_instance}/tracing_on")).expect("tracing_on").trim(), "1");
+    let memory = metric(&node, "container_tracer_pod_task_reads_total{source=\"memory\"}");
+    listed(&node, &pod);
+    assert_eq!(metric(&node, "container_tracer_pod_task_reads_total{source=\"memory\"}"), memory + 1);
+
     rt.kill(&id).expect("kill");
     assert!(
         wait_until(Duration::from_secs(10), || node.container(&pod, "forker").expect("pods").is_none()),
         "the container is gone from /v1/pods"
     );
+    assert_eq!(metric(&node, "container_tracer_task_tracker_up"), 1);
+    // A graceful stop removes the tracker's instances.
+    let mut node = node;
+    node.stop(true);
+    assert_eq!(node.all_instances(), Vec::<String>::new(), "nothing left in tracefs");
 }

@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     info!(node = %node_name, tracefs = %tracefs.root().display(), "starting tracer-node");
 
     // Instances a killed predecessor left behind are ours to remove before anything starts.
-    let stale = tracefs.remove_stale_instances()?;
+    let stale = tracefs.remove_stale_instances(&[])?;
     if stale > 0 {
         info!(removed = stale, "removed ftrace instances left by a previous run");
     }

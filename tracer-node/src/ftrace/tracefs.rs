@@ -181,10 +181,12 @@ impl Tracefs {
     }
 
     /// Removes every instance named with our prefix (left by a previous run that was killed, or
-    /// by `DELETE all`). Returns how many were removed.
-    pub fn remove_stale_instances(&self) -> Result<usize, TracefsError> {
+    /// by `DELETE all`) but `<prefix><keep>` for each of `keep` (the live ones that are no
+    /// session's). Returns how many were removed.
+    pub fn remove_stale_instances(&self, keep: &[&str]) -> Result<usize, TracefsError> {
         let mut removed = 0;
-        for name in self.instances()?.into_iter().filter(|n| n.starts_with(&self.prefix)) {
+        let stale = |n: &String| n.strip_prefix(&self.prefix).is_some_and(|rest| !keep.contains(&rest));
+        for name in self.instances()?.into_iter().filter(stale) {
             let dir = self.root.join("instances").join(&name);
             // Stop recording first so the removal does not race a full buffer.
             let _ = std::fs::write(dir.join("tracing_on"), "0");

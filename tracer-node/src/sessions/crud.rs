@@ -175,7 +175,8 @@ impl SessionManager {
             .collect::<()>()
             .await;
         let tracefs = self.tracefs.clone();
-        tokio::task::spawn_blocking(move || tracefs.remove_stale_instances())
+        // The task tracker's instances are live and no session's.
+        tokio::task::spawn_blocking(move || tracefs.remove_stale_instances(&crate::tasks::INSTANCES))
             .await
             .map_err(|source| SessionError::Task { what: "tracefs cleanup", source })??;
         for p in self.catalog.external() {

@@ -59,6 +59,9 @@ const POLL_INTERVAL: Timespec = Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
 /// rescanned again at the next wake.
 const RESCAN_ROUNDS: usize = 4;
 
+/// The tracker's instances, after the tracefs prefix.
+pub const INSTANCES: [&str; 2] = ["tasks", "cgroups"];
+
 /// Per-CPU buffer of the cgroup-migration instance (its events are rare).
 const CGROUP_BUFFER_KB: u64 = 64;
 
@@ -172,7 +175,7 @@ impl TaskTracker {
     pub fn start(tracefs: &Tracefs, procfs: Procfs, buffer_kb: u64) -> Result<Arc<Self>, TracefsError> {
         let layouts = Layouts::read(tracefs)?;
         let header = tracefs.page_header()?;
-        let tasks = Arc::new(Instance::create(tracefs, "tasks")?);
+        let tasks = Arc::new(Instance::create(tracefs, INSTANCES[0])?);
         tasks.set_buffer_size_kb(buffer_kb)?;
         tasks.use_mono_clock()?;
         tasks.set_buffer_percent(50)?;
@@ -185,7 +188,7 @@ impl TaskTracker {
                 }
             }
         }
-        let cgroups = Arc::new(Instance::create(tracefs, "cgroups")?);
+        let cgroups = Arc::new(Instance::create(tracefs, INSTANCES[1])?);
         cgroups.set_buffer_size_kb(CGROUP_BUFFER_KB.min(buffer_kb))?;
         cgroups.use_mono_clock()?;
         cgroups.set_buffer_percent(50)?;
