@@ -211,6 +211,9 @@ fn pods_lists_what_a_fresh_scan_finds_under_fork_heavy_load() {
         "the container is gone from /v1/pods"
     );
     assert_eq!(metric(&node, "container_tracer_task_tracker_up"), 1);
+    // Deleted while the node runs: its poststop is delivered, not spooled into the node's
+    // directory after the node is gone.
+    rt.delete(&id).expect("delete");
     // A graceful stop removes the tracker's instances.
     let mut node = node;
     node.stop(true);
