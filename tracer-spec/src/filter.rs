@@ -54,12 +54,64 @@ pub enum FilterError {
     ExpectedTerm,
 }
 
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `&` (bits in common)
+    Band,
+    /// `~` (glob match of a string)
+    Glob,
+}
+
+/// The value a field is compared with, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A number as written (`42`, `-1`, `0x1f`, `010`): how it reads depends on the field
+    /// (the kernel parses it with base prefixes, signed or not as the field is).
+    Num(String),
+    /// A quoted string, without its quotes.
+    Str(String),
+}
+
+/// A parsed filter. `&&` binds tighter than `||`, as in the kernel (measured: with `a` true
+/// and `b`, `c` false, `a || b && c` lets events through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    /// Any of them.
+    Or(Vec<Expr>),
+    /// All of them.
+    And(Vec<Expr>),
+    /// Not it.
+    Not(Box<Expr>),
+    /// `field op value`.
+    Cmp {
+        /// The field's name.
+        field: String,
+        /// The operator.
+        op: Op,
+        /// The value.
+        value: Value,
+    },
+}
+
 #[derive(Debug, PartialEq)]
 enum Tok {
     Ident(String),
-    Num,
-    Str,
-    Cmp,
+    Num(String),
+    Str(String),
+    Cmp(Op),
     And,
     Or,
     Not,
@@ -93,15 +145,26 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, FilterError> {
             }
             b'=' | b'!' | b'<' | b'>' | b'~' | b'&' => {
                 let two = b.get(i + 1) == Some(&b'=');
-                if c == b'!' && !two {
-                    out.push(Tok::Not);
-                    i += 1;
-                } else if c == b'=' && !two {
-                    return Err(FilterError::SingleEquals);
-                } else {
-                    out.push(Tok::Cmp);
-                    i += if two { 2 } else { 1 };
-                }
+                let op = match (c, two) {
+                    (b'!', false) => {
+                        out.push(Tok::Not);
+                        i += 1;
+                        continue;
+                    }
+                    (b'=', false) => return Err(FilterError::SingleEquals),
+                    (b'=', true) => Op::Eq,
+                    (b'!', true) => Op::Ne,
+                    (b'<', false) => Op::Lt,
+                    (b'<', true) => Op::Le,
+                    (b'>', false) => Op::Gt,
+                    (b'>', true) => Op::Ge,
+                    (b'~', false) => Op::Glob,
+                    (b'&', false) => Op::Band,
+                    // `~=` and `&=` are no operators of the kernel's.
+                    _ => return Err(FilterError::Character('=')),
+                };
+                out.push(Tok::Cmp(op));
+                i += if two { 2 } else { 1 };
             }
             b'"' | b'\'' => {
                 let end = b[i + 1..].iter().position(|x| *x == c).ok_or(FilterError::UnterminatedString)?;
@@ -109,7 +172,7 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, FilterError> {
                 if s.iter().any(|x| x.is_ascii_control() || *x == b'\\') {
                     return Err(FilterError::StringCharacters);
                 }
-                out.push(Tok::Str);
+                out.push(Tok::Str(expr[i + 1..i + 1 + end].to_owned()));
                 i += end + 2;
             }
             b'0'..=b'9' | b'-' => {
@@ -124,7 +187,7 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, FilterError> {
                 if !ok {
                     return Err(FilterError::NotANumber(n.to_owned()));
                 }
-                out.push(Tok::Num);
+                out.push(Tok::Num(n.to_owned()));
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
                 let start = i;
@@ -142,16 +205,21 @@ fn tokens(expr: &str) -> Result<Vec<Tok>, FilterError> {
 /// Checks `expr`; every field must exist in every selected event (`fields`, one set per
 /// event), since the same filter is written to each. Errors say what is wrong.
 pub fn validate(expr: &str, fields: &[HashSet<String>]) -> Result<(), FilterError> {
-    check(expr, Some(fields))
+    check(expr, Some(fields)).map(drop)
 }
 
 /// Checks `expr` against the grammar alone, field names unchecked: what can be known without
 /// the node's kernel (the admission webhook), which checks the fields later.
 pub fn validate_grammar(expr: &str) -> Result<(), FilterError> {
+    check(expr, None).map(drop)
+}
+
+/// Parses a filter the grammar accepts (field names unchecked).
+pub fn parse(expr: &str) -> Result<Expr, FilterError> {
     check(expr, None)
 }
 
-fn check(expr: &str, fields: Option<&[HashSet<String>]>) -> Result<(), FilterError> {
+fn check(expr: &str, fields: Option<&[HashSet<String>]>) -> Result<Expr, FilterError> {
     if expr.trim().is_empty() {
         return Err(FilterError::Empty);
     }
@@ -159,40 +227,54 @@ fn check(expr: &str, fields: Option<&[HashSet<String>]>) -> Result<(), FilterErr
         return Err(FilterError::TooLong);
     }
     let toks = tokens(expr)?;
-    // Grammar: expr := term (("&&"|"||") term)* ; term := "!"* ( "(" expr ")" | IDENT CMP value )
+    // Grammar: expr := and ("||" and)* ; and := term ("&&" term)* ;
+    // term := "!"* ( "(" expr ")" | IDENT CMP value )
     let mut pos = 0;
-    parse_expr(&toks, &mut pos, fields, 0)?;
+    let parsed = parse_expr(&toks, &mut pos, fields, 0)?;
     if pos != toks.len() {
         return Err(FilterError::TrailingText);
     }
-    Ok(())
+    Ok(parsed)
 }
 
-fn parse_expr(t: &[Tok], pos: &mut usize, fields: Option<&[HashSet<String>]>, depth: usize) -> Result<(), FilterError> {
+type Fields<'a> = Option<&'a [HashSet<String>]>;
+
+fn parse_expr(t: &[Tok], pos: &mut usize, fields: Fields<'_>, depth: usize) -> Result<Expr, FilterError> {
     if depth > 32 {
         return Err(FilterError::TooDeep);
     }
-    parse_term(t, pos, fields, depth)?;
-    while matches!(t.get(*pos), Some(Tok::And | Tok::Or)) {
+    let mut any = vec![parse_and(t, pos, fields, depth)?];
+    while t.get(*pos) == Some(&Tok::Or) {
         *pos += 1;
-        parse_term(t, pos, fields, depth)?;
+        any.push(parse_and(t, pos, fields, depth)?);
     }
-    Ok(())
+    Ok(if any.len() == 1 { any.remove(0) } else { Expr::Or(any) })
 }
 
-fn parse_term(t: &[Tok], pos: &mut usize, fields: Option<&[HashSet<String>]>, depth: usize) -> Result<(), FilterError> {
+fn parse_and(t: &[Tok], pos: &mut usize, fields: Fields<'_>, depth: usize) -> Result<Expr, FilterError> {
+    let mut all = vec![parse_term(t, pos, fields, depth)?];
+    while t.get(*pos) == Some(&Tok::And) {
+        *pos += 1;
+        all.push(parse_term(t, pos, fields, depth)?);
+    }
+    Ok(if all.len() == 1 { all.remove(0) } else { Expr::And(all) })
+}
+
+fn parse_term(t: &[Tok], pos: &mut usize, fields: Fields<'_>, depth: usize) -> Result<Expr, FilterError> {
+    let mut nots = 0;
     while t.get(*pos) == Some(&Tok::Not) {
         *pos += 1;
+        nots += 1;
     }
-    match t.get(*pos) {
+    let term = match t.get(*pos) {
         Some(Tok::Open) => {
             *pos += 1;
-            parse_expr(t, pos, fields, depth + 1)?;
+            let inner = parse_expr(t, pos, fields, depth + 1)?;
             if t.get(*pos) != Some(&Tok::Close) {
                 return Err(FilterError::MissingClose);
             }
             *pos += 1;
-            Ok(())
+            inner
         }
         Some(Tok::Ident(name)) => {
             let common = matches!(
@@ -203,20 +285,21 @@ fn parse_term(t: &[Tok], pos: &mut usize, fields: Option<&[HashSet<String>]>, de
                 return Err(FilterError::UnknownField(name.clone()));
             }
             *pos += 1;
-            if t.get(*pos) != Some(&Tok::Cmp) {
+            let Some(Tok::Cmp(op)) = t.get(*pos) else {
                 return Err(FilterError::ExpectedComparison(name.clone()));
-            }
+            };
             *pos += 1;
-            match t.get(*pos) {
-                Some(Tok::Num | Tok::Str) => {
-                    *pos += 1;
-                    Ok(())
-                }
-                _ => Err(FilterError::ExpectedValue(name.clone())),
-            }
+            let value = match t.get(*pos) {
+                Some(Tok::Num(n)) => Value::Num(n.clone()),
+                Some(Tok::Str(s)) => Value::Str(s.clone()),
+                _ => return Err(FilterError::ExpectedValue(name.clone())),
+            };
+            *pos += 1;
+            Expr::Cmp { field: name.clone(), op: *op, value }
         }
-        _ => Err(FilterError::ExpectedTerm),
-    }
+        _ => return Err(FilterError::ExpectedTerm),
+    };
+    Ok((0..nots).fold(term, |e, _| Expr::Not(Box::new(e))))
 }
 
 #[cfg(test)]
@@ -238,6 +321,28 @@ mod tests {
         ] {
             validate(ok, &f()).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+    }
+
+    #[test]
+    fn and_binds_tighter_than_or_and_not_takes_the_next_term() {
+        let cmp = |f: &str, n: &str| Expr::Cmp { field: f.into(), op: Op::Eq, value: Value::Num(n.into()) };
+        assert_eq!(
+            parse("a == 1 || b == 2 && c == 3").expect("parse"),
+            Expr::Or(vec![cmp("a", "1"), Expr::And(vec![cmp("b", "2"), cmp("c", "3")])])
+        );
+        assert_eq!(
+            parse("!a == 1 && (b == 2 || c == 3)").expect("parse"),
+            Expr::And(vec![Expr::Not(Box::new(cmp("a", "1"))), Expr::Or(vec![cmp("b", "2"), cmp("c", "3")])])
+        );
+        assert_eq!(
+            parse("comm ~ 'ba*' && x & 0x10 && y >= -1").expect("parse"),
+            Expr::And(vec![
+                Expr::Cmp { field: "comm".into(), op: Op::Glob, value: Value::Str("ba*".into()) },
+                Expr::Cmp { field: "x".into(), op: Op::Band, value: Value::Num("0x10".into()) },
+                Expr::Cmp { field: "y".into(), op: Op::Ge, value: Value::Num("-1".into()) },
+            ])
+        );
+        assert!(parse("a &= 1").is_err() && parse("a ~= 'x'").is_err(), "no kernel operators");
     }
 
     #[test]
