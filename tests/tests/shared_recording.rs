@@ -62,9 +62,12 @@ fn overlapping_sessions_share_one_recording_and_each_sees_exactly_its_own_events
     let all = session(&x, "trace_syscalls", "");
     let exec = session(&x, "trace_exec", "");
     let other_pod = session(&y, "trace_syscalls", "-s openat");
-    // A kernel filter applies to every reader of an event: this one gets a recording of its own.
-    let filtered = session(&x, "trace_events", "-e syscalls:sys_enter_openat -f flags >= 0");
-    let ids = [&openat, &all, &exec, &other_pod, &filtered];
+    // A string filter is the kernel's, which applies to every reader of an event: this one
+    // gets a recording of its own. An integer filter is evaluated as records are routed: that
+    // one shares.
+    let filtered = session(&x, "trace_events", "-e sched:sched_process_exec -f filename ~ \"/proc/*\"");
+    let shared_filter = session(&x, "trace_events", "-e syscalls:sys_exit_openat -f ret >= 0 && ret < 100");
+    let ids = [&openat, &all, &exec, &other_pod, &filtered, &shared_filter];
     for sid in ids {
         node.run_session(sid, true).expect("start");
     }
@@ -73,7 +76,7 @@ fn overlapping_sessions_share_one_recording_and_each_sees_exactly_its_own_events
     instances.sort();
     let mut expected = vec![shared.clone(), format!("{}{filtered}", node.prefix)];
     expected.sort();
-    assert_eq!(instances, expected, "four sessions on one recording, the filtered one on its own");
+    assert_eq!(instances, expected, "five sessions on one recording, the kernel-filtered one on its own");
     let cpus = std::fs::read_dir(format!("/sys/kernel/tracing/instances/{shared}/per_cpu")).expect("per_cpu").count();
     // A new thread takes its name when it first runs: on a loaded machine that can be a while.
     assert!(
@@ -91,16 +94,22 @@ fn overlapping_sessions_share_one_recording_and_each_sees_exactly_its_own_events
     node.run_session(&openat, false).expect("stop openat");
     assert_eq!(node.instances().len(), 2, "the recording stays for the sessions left on it");
     let (cz, _) = run_rounds(&node, &rt, &x, "late", 10);
-    for sid in [&all, &exec, &other_pod, &filtered] {
+    for sid in [&all, &exec, &other_pod, &filtered, &shared_filter] {
         node.run_session(sid, false).expect("stop");
     }
     assert!(node.instances().is_empty(), "the last session closed the recording: {:?}", node.instances());
     assert!(wait_until(Duration::from_secs(5), || reader_threads(node.pid()) == 0), "readers stopped");
 
     let events = |sid: &str| node.events(sid).expect("events");
-    let (ev_openat, ev_all, ev_exec, ev_other, ev_filtered) =
-        (events(&openat), events(&all), events(&exec), events(&other_pod), events(&filtered));
-    for (sid, evs) in [(&openat, &ev_openat), (&all, &ev_all), (&exec, &ev_exec), (&other_pod, &ev_other)] {
+    let (ev_openat, ev_all, ev_exec, ev_other, ev_filtered, ev_shared_filter) =
+        (events(&openat), events(&all), events(&exec), events(&other_pod), events(&filtered), events(&shared_filter));
+    for (sid, evs) in [
+        (&openat, &ev_openat),
+        (&all, &ev_all),
+        (&exec, &ev_exec),
+        (&other_pod, &ev_other),
+        (&shared_filter, &ev_shared_filter),
+    ] {
         assert!(!evs.is_empty(), "session {sid} saw nothing");
         for e in evs.iter() {
             assert_eq!(e["session"], sid.as_str(), "{e}");
@@ -112,7 +121,9 @@ fn overlapping_sessions_share_one_recording_and_each_sees_exactly_its_own_events
     }
     // A command is a command: the fork event's `__data_loc` commands (kernels since 6.10) were
     // once read as text, which gave processes gone before they were looked up names like "\u{1b}".
-    for e in ev_openat.iter().chain(&ev_all).chain(&ev_exec).chain(&ev_other).chain(&ev_filtered) {
+    for e in
+        ev_openat.iter().chain(&ev_all).chain(&ev_exec).chain(&ev_other).chain(&ev_filtered).chain(&ev_shared_filter)
+    {
         let comm = e["comm"].as_str().unwrap_or_default();
         assert!(!comm.chars().any(char::is_control), "a command with control characters: {e}");
     }
@@ -134,13 +145,25 @@ fn overlapping_sessions_share_one_recording_and_each_sees_exactly_its_own_events
     assert_eq!(execs.first().map(|e| e["pid"].clone()), Some(json!(init_x)), "the container's first exec is first");
     // The init's exec, then one per round (busybox's sh runs `cat` as /proc/self/exe).
     assert_eq!(execs.len(), 101, "one exec per round");
+    // The filtered sessions ran on while the late container came.
+    let in_x_or_late = |e: &&Value| e["container_id"] == cx.as_str() || e["container_id"] == cz.as_str();
+    let kernel_filtered = keys(ev_exec.iter().filter(in_x_or_late).filter(|e| {
+        e["event"] == "sched_process_exec" && e["fields"]["filename"].as_str().is_some_and(|f| f.starts_with("/proc/"))
+    }));
+    assert_eq!(kernel_filtered.len(), 110, "the rounds' execs of /proc/self/exe");
     assert_eq!(
-        ev_filtered.len(),
-        ev_openat.iter().filter(|e| e["event"] == "sys_enter_openat").count() + {
-            // The filtered session ran on while the late container came.
-            ev_all.iter().filter(|e| e["container_id"] == cz.as_str() && e["event"] == "sys_enter_openat").count()
-        },
-        "the filtered session's own recording saw every openat entry"
+        keys(&ev_filtered).len(),
+        kernel_filtered.len(),
+        "the kernel-filtered session's own recording saw every exec it asked for"
+    );
+    let user_filtered = keys(ev_all.iter().filter(in_x_or_late).filter(|e| {
+        e["event"] == "sys_exit_openat" && e["fields"]["ret"].as_i64().is_some_and(|r| (0..100).contains(&r))
+    }));
+    assert!(user_filtered.len() >= 110, "every round's cat opened its file: {}", user_filtered.len());
+    assert_eq!(
+        keys(&ev_shared_filter),
+        user_filtered,
+        "the session filtered on the shared recording saw exactly the records its filter takes"
     );
     // After its stop the openat session got nothing of the late container; the others did.
     assert!(ev_openat.iter().all(|e| e["container_id"] != cz.as_str()));

@@ -7,13 +7,13 @@
 use std::{collections::BTreeMap, io::Read, path::Path};
 
 use tracer_node::{
+    ftrace::predicate::Predicate,
     ftrace::{
         format::EventFormat,
         pipes::Pipes,
         ring::{parse_page, Page},
         Instance, Tracefs,
     },
-    sessions::predicate::Predicate,
 };
 
 fn tracefs() -> Option<Tracefs> {

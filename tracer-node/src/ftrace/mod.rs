@@ -6,6 +6,7 @@ pub mod format;
 pub mod instance;
 pub mod pid_filter;
 pub mod pipes;
+pub mod predicate;
 pub mod reader;
 pub mod ring;
 pub mod tracefs;

@@ -4,7 +4,7 @@
 //! node's kernel can tell (is the system call or event there, is the filter's field in it) is
 //! checked here, before anything is written to the kernel.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 pub use tracer_spec::args::Builtin;
 use tracer_spec::{
@@ -13,7 +13,7 @@ use tracer_spec::{
 };
 
 use super::HookError;
-use crate::ftrace::Tracefs;
+use crate::ftrace::{predicate::CompiledFilter, Tracefs};
 
 /// An event to enable: a whole subsystem, or one event of it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,6 +31,9 @@ pub struct FtracePlan {
     pub events: Vec<EventSel>,
     /// Kernel filter expression for every selected event (validated).
     pub filter: Option<String>,
+    /// The filter compiled for user space, when every selected event's can be: the session
+    /// then shares the node's recording and its records are filtered as they are routed.
+    pub compiled: Option<Arc<CompiledFilter>>,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
     /// Run the function tracer, limited to these functions (globs; empty = all).
@@ -40,9 +43,9 @@ pub struct FtracePlan {
 impl FtracePlan {
     /// Whether its events can come from the node's shared recording: a kernel filter applies
     /// to every reader of an event, and the function tracer is per instance, so a plan with
-    /// either needs a recording of its own.
+    /// either needs a recording of its own; a filter evaluated in user space does not.
     pub fn shareable(&self) -> bool {
-        self.filter.is_none() && self.functions.is_none()
+        self.functions.is_none() && (self.filter.is_none() || self.compiled.is_some())
     }
 }
 
@@ -52,7 +55,7 @@ pub fn plan(hook: Builtin, args: &str, tracefs: &Tracefs) -> Result<FtracePlan, 
     let request = args::parse(hook, args)?;
     let duration = request.time();
     let available = || tracefs.available_events().map_err(HookError::Kernel);
-    let plan = |events, filter, functions| FtracePlan { events, filter, duration, functions };
+    let plan = |events, filter, functions| FtracePlan { events, filter, compiled: None, duration, functions };
     match request {
         Request::Syscalls { syscalls, .. } => {
             let events = if syscalls.is_empty() {
@@ -87,17 +90,30 @@ pub fn plan(hook: Builtin, args: &str, tracefs: &Tracefs) -> Result<FtracePlan, 
                 }
                 events.push(EventSel { system, event: Some(event) });
             }
+            let mut compiled = None;
             if let Some(expr) = &expr {
-                let mut fields: Vec<HashSet<String>> = Vec::new();
+                let mut formats = Vec::new();
                 for e in &events {
-                    let fmt = tracefs
-                        .event_format(&e.system, e.event.as_deref().unwrap_or_default())
-                        .map_err(HookError::Kernel)?;
-                    fields.push(fmt.fields.iter().map(|f| f.name.clone()).collect());
+                    formats.push(
+                        tracefs
+                            .event_format(&e.system, e.event.as_deref().unwrap_or_default())
+                            .map_err(HookError::Kernel)?,
+                    );
                 }
+                let fields: Vec<HashSet<String>> =
+                    formats.iter().map(|f| f.fields.iter().map(|x| x.name.clone()).collect()).collect();
                 filter::validate(expr, &fields)?;
+                // What cannot be mirrored exactly (strings, COMM, what the kernel would refuse)
+                // stays the kernel's, on a recording of the session's own.
+                compiled = match CompiledFilter::compile(&filter::parse(expr)?, &formats) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(why) => {
+                        tracing::debug!(filter = %expr, reason = %why, "filter left to the kernel");
+                        None
+                    }
+                };
             }
-            Ok(plan(events, expr, None))
+            Ok(FtracePlan { compiled, ..plan(events, expr, None) })
         }
     }
 }
@@ -138,7 +154,8 @@ mod tests {
         std::fs::write(
             fmt.join("format"),
             "name: sched_switch\nID: 1\n\tfield:pid_t prev_pid;\toffset:8;\tsize:4;\tsigned:1;\n\
-             \tfield:int prio;\toffset:12;\tsize:4;\tsigned:1;\n",
+             \tfield:int prio;\toffset:12;\tsize:4;\tsigned:1;\n\
+             \tfield:char prev_comm[16];\toffset:16;\tsize:16;\tsigned:0;\n",
         )
         .expect("write");
         let t = Tracefs::at(dir.path());
@@ -168,6 +185,9 @@ mod tests {
         let (_d, t) = fake_tracefs();
         let p = plan(Builtin::Events, "-e sched:sched_switch -f prev_pid == 1 && prio < 100", &t).expect("plan");
         assert_eq!(p.filter.as_deref(), Some("prev_pid == 1 && prio < 100"));
+        assert!(p.compiled.is_some() && p.shareable(), "integers are compared in user space, on the shared recording");
+        let p = plan(Builtin::Events, "-e sched:sched_switch -f prev_comm == \"sh\"", &t).expect("plan");
+        assert!(p.compiled.is_none() && !p.shareable(), "strings are the kernel's, on a recording of its own");
         assert!(plan(Builtin::Events, "-e sched:nope", &t).is_err());
         assert!(plan(Builtin::Events, "-e sched_switch", &t).is_err());
         assert!(plan(Builtin::Events, "", &t).is_err());

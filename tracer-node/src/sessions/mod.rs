@@ -12,7 +12,6 @@ pub mod events;
 pub mod glob;
 mod lifecycle;
 pub mod lineage;
-pub mod predicate;
 pub mod program;
 pub mod recording;
 pub mod resolver;

@@ -186,7 +186,9 @@ impl Recording {
             .map(|f| f.id)
             .collect();
         let base = if self.dedicated { 0 } else { self.overrun() };
-        let slot = Arc::new(Slot::new(session, EventSet::of(formats.keys().copied()), exec, store, base));
+        // On a dedicated recording the kernel filters; on the shared one, the router does.
+        let filter = if self.dedicated { None } else { plan.compiled.clone() };
+        let slot = Arc::new(Slot::filtered(session, EventSet::of(formats.keys().copied()), exec, store, base, filter));
         self.router.publish(slot.clone());
         Ok(Joined { slot, formats })
     }

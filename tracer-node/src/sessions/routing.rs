@@ -27,6 +27,7 @@ use crate::{
     ftrace::{
         barrier::Progress,
         format::PageHeader,
+        predicate::CompiledFilter,
         reader::PageConsumer,
         ring::{parse_page, Page, RawEvent},
     },
@@ -109,11 +110,25 @@ pub struct Slot {
     /// The recording's overrun count when the session joined: its kernel losses are those
     /// after it.
     pub overrun_base: u64,
+    /// Its `trace_events` filter, evaluated here on a shared recording.
+    filter: Option<Arc<CompiledFilter>>,
 }
 
 impl Slot {
     /// A slot for `session`, taking `events`, not started.
     pub fn new(session: u64, events: EventSet, exec: Vec<u16>, store: Arc<EventStore>, overrun_base: u64) -> Self {
+        Self::filtered(session, events, exec, store, overrun_base, None)
+    }
+
+    /// [`Slot::new`] whose records must also pass `filter`.
+    pub fn filtered(
+        session: u64,
+        events: EventSet,
+        exec: Vec<u16>,
+        store: Arc<EventStore>,
+        overrun_base: u64,
+        filter: Option<Arc<CompiledFilter>>,
+    ) -> Self {
         Self {
             session,
             events,
@@ -123,6 +138,7 @@ impl Slot {
             until_ts: AtomicU64::new(OPEN),
             store,
             overrun_base,
+            filter,
         }
     }
 
@@ -375,7 +391,13 @@ impl Router {
             let mut taken = false;
             for &i in targets {
                 let (from, until) = windows[i];
-                if slots[i].events.contains(event_id) && ev.ts >= from && ev.ts <= until {
+                let passes = || {
+                    slots[i]
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| f.matches(event_id, &page[ev.offset..ev.offset + ev.len], cpu))
+                };
+                if slots[i].events.contains(event_id) && ev.ts >= from && ev.ts <= until && passes() {
                     picks[i].push(records.len() as u32);
                     taken = true;
                 }

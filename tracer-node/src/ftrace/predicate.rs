@@ -161,6 +161,31 @@ impl Predicate {
     }
 }
 
+/// One filter compiled for each event it is written to (a `trace_events -f` applies to every
+/// selected event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledFilter {
+    by_event: Vec<(u16, Predicate)>,
+}
+
+impl CompiledFilter {
+    /// Compiles `expr` for every format; `Err` (why) when any of them needs the kernel.
+    pub fn compile<'a>(expr: &Expr, formats: impl IntoIterator<Item = &'a EventFormat>) -> Result<Self, String> {
+        let by_event = formats
+            .into_iter()
+            .map(|f| {
+                Predicate::compile(expr, f).map(|p| (f.id, p)).map_err(|why| format!("{}:{}: {why}", f.system, f.name))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { by_event })
+    }
+
+    /// Whether a record of event `id` passes (an event the filter was not compiled for does not).
+    pub fn matches(&self, id: u16, payload: &[u8], cpu: u32) -> bool {
+        self.by_event.iter().find(|(e, _)| *e == id).is_some_and(|(_, p)| p.matches(payload, cpu))
+    }
+}
+
 fn read(payload: &[u8], at: usize, size: u8) -> Option<u64> {
     let b = payload.get(at..at + size as usize)?;
     Some(match size {
