@@ -423,6 +423,7 @@ impl Registry {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let entry = Entry { record: Arc::new(rec), start_time: stat.start_time, ppid: stat.ppid, cgroup, generation };
+        let track = self.tracker.get().and_then(|t| t.prepare(&entry));
         let mut map = self.lock();
         // A concurrent registration of the same container won meanwhile.
         if known(&map) {
@@ -434,8 +435,8 @@ impl Registry {
         let old = map.insert(id.clone(), entry.clone());
         // Under the map's lock, so that a removal racing with this registration is queued
         // after it (the tracker only queues here).
-        if let Some(t) = self.tracker.get() {
-            t.track(&entry);
+        if let (Some(t), Some(track)) = (self.tracker.get(), track) {
+            t.track(track);
         }
         drop(map);
         if let Some(old) = old {

@@ -139,6 +139,9 @@ impl Core {
     }
 }
 
+/// A container to follow, prepared by [`TaskTracker::prepare`].
+pub struct Track(Command);
+
 /// A registration or removal for the thread.
 enum Command {
     Track { id: String, init: u32, dir: Option<PathBuf>, cgroup: Option<String>, ppid: u32 },
@@ -251,21 +254,27 @@ impl TaskTracker {
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
 
-    /// Starts following a registered workload container; until its first rescan is merged
-    /// (within milliseconds) requests read it live. Never blocks.
-    pub fn track(&self, entry: &Entry) {
+    /// What following a registered container takes (its cgroup's name in migration events is
+    /// read here, so that [`TaskTracker::track`] does no I/O); `None` for a sandbox.
+    pub fn prepare(&self, entry: &Entry) -> Option<Track> {
         if !entry.is_workload() {
-            return;
+            return None;
         }
         let dir = entry.cgroup.clone();
         let cgroup = dir.as_deref().and_then(|d| self.procfs.cgroup_relative(d));
-        self.send(Command::Track {
+        Some(Track(Command::Track {
             id: entry.record.id.clone(),
             init: entry.record.pid,
             dir,
             cgroup,
             ppid: entry.ppid,
-        });
+        }))
+    }
+
+    /// Starts following a container; until its first rescan is merged (within milliseconds)
+    /// requests read it live. Never blocks: the registry calls it under its lock.
+    pub fn track(&self, t: Track) {
+        self.send(t.0);
     }
 
     /// Stops following a container.
