@@ -1,7 +1,8 @@
 //! Benchmark of issue 11, one kernel recording for many sessions. Prints, in one run:
 //! - the kernel's recording floor beside us for 4 M getppid calls in a runc container:
-//!   untraced, an ftrace instance recording them that nobody reads, tracer-node with 1 session
-//!   and with 10 overlapping sessions (each session's count and kernel losses), `perf record`;
+//!   untraced, an ftrace instance recording them that nobody reads, tracer-node with 1 session,
+//!   with 10 overlapping sessions and with 10 overlapping `trace_events -f` sessions (filtered
+//!   in user space; each session's count and kernel losses), `perf record`;
 //! - kernel memory (ring buffers), reader threads, all threads and RSS of tracer-node with 1,
 //!   10 and 100 running sessions on one container;
 //! - the time to stop 100 running sessions, and to delete them all.
@@ -31,16 +32,16 @@ fn untraced(bin: &Path) -> f64 {
     parse_ns(&out.stdout)
 }
 
-/// `sessions` overlapping sessions on the workload's container: the workload's time, and per
-/// session (events read, kernel losses); tracer-node's CPU.
-fn traced(bin: &Path, dir: &Path, sessions: usize) -> (f64, Vec<(u64, u64)>, f64) {
+/// `sessions` overlapping sessions of `hook` with `args` on the workload's container: the
+/// workload's time, and per session (events read, kernel losses); tracer-node's CPU.
+fn traced(bin: &Path, dir: &Path, sessions: usize, hook: &str, args: &str) -> (f64, Vec<(u64, u64)>, f64) {
     let node = Node::start().expect("tracer-node");
     let rt = Runtime::new("runc").expect("runc");
     let pod = unique("bench-share");
     let ids: Vec<String> = (0..sessions)
         .map(|_| {
-            node.create_session(&json!({"pod": pod, "container": "*", "trace-hook": "trace_syscalls",
-                "trace-arguments": "-s sys_enter_getppid", "wait-for-containers": true}))
+            node.create_session(&json!({"pod": pod, "container": "*", "trace-hook": hook,
+                "trace-arguments": args, "wait-for-containers": true}))
                 .expect("session")
         })
         .collect();
@@ -82,15 +83,22 @@ fn floor(bin: &Path, dir: &Path) {
         let base = untraced(bin);
         let unread = unread_instance(bin, CALLS, BUFFER_KB);
         println!("round {round}: untraced {base:.0} ms; an instance recording, no reader: {unread:.0} ms (the floor)");
-        for n in [1, 10] {
-            let (ms, per, cpu) = traced(bin, dir, n);
+        // A filter on an integer field is evaluated in user space: those sessions share too
+        // (this one takes every call, so each count can be checked).
+        let filtered = "-e syscalls:sys_enter_getppid -f common_pid > 0 && __syscall_nr >= 0";
+        for (n, hook, args, what) in [
+            (1, "trace_syscalls", "-s sys_enter_getppid", "session(s)"),
+            (10, "trace_syscalls", "-s sys_enter_getppid", "session(s)"),
+            (10, "trace_events", filtered, "filtered session(s)"),
+        ] {
+            let (ms, per, cpu) = traced(bin, dir, n, hook, args);
             let reads: Vec<u64> = per.iter().map(|p| p.0).collect();
             let lost: u64 = per.iter().map(|p| p.1).max().unwrap_or(0);
             // The container's runtime calls getppid too (runc's init, once): each session must have
             // at least the workload's calls, and all the same count.
             let same = reads.iter().all(|r| *r == reads[0] && *r >= CALLS);
             println!(
-                "  tracer-node, {n:>2} session(s): workload {ms:.0} ms = {:.2}x the floor; events per session {}..{} \
+                "  tracer-node, {n:>2} {what}: workload {ms:.0} ms = {:.2}x the floor; events per session {}..{} \
                  (all equal and complete: {same}); most kernel overrun in a session {lost}; tracer-node CPU {cpu:.0} ms",
                 ms / unread,
                 reads.iter().min().unwrap_or(&0),

@@ -67,6 +67,8 @@ pub struct TaskInfo {
     /// Its container, if it could be tied to one of the session's.
     pub container: Option<Arc<ContainerTag>>,
     pub(crate) seen: Instant,
+    /// The time (trace clock) of the record it was resolved for.
+    pub(crate) resolved_at: u64,
 }
 
 /// A consumer of a session's batches other than its followers: export. Offered every batch

@@ -10,7 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -86,13 +89,26 @@ pub struct Resolver {
     saved: Arc<SavedTasks>,
     inits: RwLock<HashMap<u32, KnownContainer>>,
     lineage: RwLock<Lineage>,
+    /// The latest fork or exit time of each thread id (ids sharing their low 16 bits share a
+    /// slot): the readers' caches of thread-to-container ties check it, since an id's new
+    /// life may have been forked on another CPU, whose reader alone saw the fork.
+    changes: Box<[AtomicU64]>,
 }
+
+/// Slots of [`Resolver::changes`].
+const CHANGE_SLOTS: usize = 1 << 16;
 
 impl Resolver {
     /// A resolver reading `procfs`, and the node's `saved` tables for threads that exited
     /// before they could be looked up.
     pub fn new(procfs: Procfs, saved: Arc<SavedTasks>) -> Self {
-        Self { procfs, saved, inits: RwLock::new(HashMap::new()), lineage: RwLock::default() }
+        Self {
+            procfs,
+            saved,
+            inits: RwLock::new(HashMap::new()),
+            lineage: RwLock::default(),
+            changes: (0..CHANGE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 
     /// Declares `init` as the init pid of `tag`'s container.
@@ -121,11 +137,24 @@ impl Resolver {
     /// the session's instance).
     pub fn forked(&self, parent: u32, child: u32, ts: u64, comm: Option<Arc<str>>) {
         self.lineage_mut().forked(parent, child, ts, comm);
+        self.changed(child, ts);
     }
 
     /// Thread `tid` exited at `ts`, its last command `comm`.
     pub fn exited(&self, tid: u32, ts: u64, comm: Option<Arc<str>>) {
         self.lineage_mut().exited(tid, ts, comm);
+        self.changed(tid, ts);
+    }
+
+    /// After the lineage: whoever sees the mark finds the life it marks.
+    fn changed(&self, tid: u32, ts: u64) {
+        self.changes[tid as usize % CHANGE_SLOTS].fetch_max(ts, Ordering::AcqRel);
+    }
+
+    /// Whether thread id `tid` (or one sharing its slot) was forked or exited after `ts`: a
+    /// tie of `tid` to a container made at `ts` may be another life's.
+    pub fn changed_after(&self, tid: i32, ts: u64) -> bool {
+        self.changes[tid as u32 as usize % CHANGE_SLOTS].load(Ordering::Acquire) > ts
     }
 
     /// `tids` are threads of the container whose init is `init` (read from procfs while they
@@ -142,7 +171,7 @@ impl Resolver {
     pub fn resolve(&self, tid: i32, ts: u64) -> TaskInfo {
         let seen = Instant::now();
         let Ok(utid) = u32::try_from(tid) else {
-            return TaskInfo { tgid: tid, comm: Arc::from(""), container: None, seen };
+            return TaskInfo { tgid: tid, comm: Arc::from(""), container: None, seen, resolved_at: ts };
         };
         let status =
             std::fs::read_to_string(self.procfs.root().join(utid.to_string()).join("status")).unwrap_or_default();
@@ -191,7 +220,7 @@ impl Resolver {
         if container.is_none() && inits.len() == 1 {
             container = inits.values().next().map(|(t, _)| t.clone());
         }
-        TaskInfo { tgid, comm, container, seen }
+        TaskInfo { tgid, comm, container, seen, resolved_at: ts }
     }
 }
 
@@ -231,6 +260,13 @@ mod tests {
         assert_eq!(id(&r, 4242, 31).as_deref(), Some("a"));
         assert_eq!(id(&r, 4242, 15).as_deref(), Some("b"));
         assert_eq!(id(&r, 4242, 25), None, "not alive then");
+        // A reader's cached tie of 4242 made at 31 is stale once another CPU's reader saw the
+        // id fork again (or exit) later; not before.
+        assert!(!r.changed_after(4242, 31));
+        r.exited(4242, 40, None);
+        r.forked(200, 4242, 50, None);
+        assert!(r.changed_after(4242, 31) && !r.changed_after(4242, 50));
+        assert_eq!(id(&r, 4242, 51).as_deref(), Some("b"), "the new life");
         // A cycle of forks ends the walk instead of looping.
         r.forked(5001, 5000, 1, None);
         r.forked(5000, 5001, 1, None);
