@@ -223,6 +223,17 @@ impl Instance {
     pub fn pipe_raw(&self, cpu: usize) -> PathBuf {
         self.dir.join(format!("per_cpu/cpu{cpu}/trace_pipe_raw"))
     }
+
+    /// Opens a CPU's binary pipe, non-blocking: a read of an empty buffer answers at once.
+    pub fn open_pipe_raw(&self, cpu: usize) -> Result<std::fs::File, TracefsError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.pipe_raw(cpu);
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&path)
+            .map_err(io_err("open", &path))
+    }
 }
 
 impl Drop for Instance {

@@ -6,12 +6,9 @@
 //! blocking.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{ErrorKind, Read},
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::OpenOptionsExt,
-    },
+    os::fd::{AsFd, OwnedFd},
 };
 
 use super::{Instance, TracefsError};
@@ -29,13 +26,7 @@ impl Pipes {
     pub fn open(instance: &Instance, page_size: usize) -> Result<Self, TracefsError> {
         let mut files = Vec::new();
         for cpu in instance.cpus()? {
-            let path = instance.pipe_raw(cpu);
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                .open(&path)
-                .map_err(|source| TracefsError::Io { op: "open", path: path.clone(), source })?;
-            files.push(file);
+            files.push(instance.open_pipe_raw(cpu)?);
         }
         Ok(Self { files, page: vec![0; page_size] })
     }

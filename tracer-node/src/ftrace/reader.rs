@@ -4,9 +4,7 @@
 //! raw pages keep up (measured in the tracing benchmark, `scripts/bench.sh`).
 
 use std::{
-    fs::OpenOptions,
     io::{ErrorKind, Read},
-    os::unix::fs::OpenOptionsExt,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -56,11 +54,7 @@ impl Readers {
         let mut threads = Vec::new();
         for (me, cpu) in cpus.into_iter().enumerate() {
             let path = instance.pipe_raw(cpu);
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                .open(&path)
-                .map_err(|source| TracefsError::Io { op: "open", path: path.clone(), source })?;
+            let file = instance.open_pipe_raw(cpu)?;
             let mut consume = make(cpu, Progress::new(barrier.clone(), me));
             let flag = stop.clone();
             let shared = barrier.clone();
