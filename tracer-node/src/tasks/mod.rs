@@ -54,6 +54,10 @@ use crate::{
 /// only bounds how full the buffers get between reads.
 const POLL_INTERVAL: Timespec = Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
 
+/// The first and the longest wait before a container that is not settled is read again.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(20);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Rounds of "read the container, add its new threads to the filter" before a rescan gives up
 /// for now (a fork storm outrunning the writes); the container is read live meanwhile and
 /// rescanned again at the next wake.
@@ -443,6 +447,9 @@ impl Drop for TaskTracker {
 
 fn run(me: std::sync::Weak<TaskTracker>, pipes: Vec<OwnedFd>, mut parents: Parents) {
     let mut retry: Vec<Arc<str>> = Vec::new();
+    // A container still settling is retried soon, then less and less often (a filter write the
+    // kernel keeps refusing must not spin): 20 ms doubling up to 5 s.
+    let mut backoff = RETRY_FIRST;
     loop {
         let Some(t) = me.upgrade() else { return };
         if t.stop.load(Ordering::Acquire) {
@@ -452,9 +459,9 @@ fn run(me: std::sync::Weak<TaskTracker>, pipes: Vec<OwnedFd>, mut parents: Paren
             let mut fds: Vec<PollFd<'_>> = pipes.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
             fds.push(PollFd::new(&t.wake, PollFlags::IN));
             fds.push(PollFd::new(&parents, PollFlags::IN));
-            // A container still settling is retried soon, not at the next interval.
-            let soon = Timespec { tv_sec: 0, tv_nsec: 20_000_000 };
-            let _ = poll(&mut fds, Some(if retry.is_empty() { &POLL_INTERVAL } else { &soon }));
+            let wait =
+                if retry.is_empty() { POLL_INTERVAL } else { Timespec::try_from(backoff).unwrap_or(POLL_INTERVAL) };
+            let _ = poll(&mut fds, Some(&wait));
         }
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&t.wake, &mut buf);
@@ -474,5 +481,6 @@ fn run(me: std::sync::Weak<TaskTracker>, pipes: Vec<OwnedFd>, mut parents: Paren
         if !rescans.is_empty() {
             retry = t.rescan(rescans, &mut parents);
         }
+        backoff = if retry.is_empty() { RETRY_FIRST } else { (backoff * 2).min(RETRY_MAX) };
     }
 }
