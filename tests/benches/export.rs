@@ -158,6 +158,11 @@ fn main() {
     let bin = build_workload(dir.path());
     let root = workload_rootfs(&bin, dir.path());
     let calls: u64 = std::env::var("BENCH_EXPORT_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
-    protocol("export", &root, true, calls, "2048");
-    protocol("export", &root, false, calls, "2048");
+    // BENCH_EXPORT_PROTOCOLS=http (or grpc) runs one protocol only (e.g. to profile it).
+    let only = std::env::var("BENCH_EXPORT_PROTOCOLS").unwrap_or_default();
+    for (grpc, name) in [(true, "grpc"), (false, "http")] {
+        if only.is_empty() || only.split(',').any(|p| p == name) {
+            protocol("export", &root, grpc, calls, "2048");
+        }
+    }
 }

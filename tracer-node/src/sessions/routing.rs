@@ -205,9 +205,6 @@ impl Routes {
     }
 }
 
-/// What a record's filters said, evaluated at most once each per record.
-const UNKNOWN: u8 = 2;
-
 /// What a recording's readers share: the page layout, the attribution events, the resolver
 /// and the routing table.
 #[derive(Debug)]
@@ -344,11 +341,15 @@ impl Router {
         // The slots holding each container met in this page, by its tag (a page holds few).
         let mut holders: Vec<(*const ContainerTag, Vec<usize>)> = Vec::new();
         let mut caught_up = false;
-        let mut verdicts = vec![UNKNOWN; routes.filters.len()];
+        // Each filter's verdict on the record being routed, valid where `verdict_of[f]` is that
+        // record's number: no per-record reset (a `fill` here was a `memset` call per record,
+        // 10 % of the readers' time even with no filter at all).
+        let mut verdicts = vec![false; routes.filters.len()];
+        let mut verdict_of = vec![u32::MAX; routes.filters.len()];
         let mut unknown: Vec<i32> = Vec::new();
         let now = std::time::Instant::now();
         let mut last: Option<(i32, Arc<TaskInfo>)> = None;
-        for ev in &parsed.events {
+        for (seq, ev) in (0u32..).zip(&parsed.events) {
             let Some((event_id, pid)) = ids(&page, ev) else { continue };
             if ev.ts < started
                 || !routes.wanted.contains(event_id)
@@ -419,17 +420,17 @@ impl Router {
             let mut taken = false;
             let row = bits.len();
             bits.resize(row + words, 0);
-            verdicts.fill(UNKNOWN);
             for &i in targets {
                 let (from, until) = windows[i];
                 let mut passes = || match routes.filter_of[i] {
                     None => true,
                     Some(f) => {
-                        if verdicts[f] == UNKNOWN {
+                        if verdict_of[f] != seq {
                             let payload = &page[ev.offset..ev.offset + ev.len];
-                            verdicts[f] = u8::from(routes.filters[f].matches(event_id, payload, cpu));
+                            verdicts[f] = routes.filters[f].matches(event_id, payload, cpu);
+                            verdict_of[f] = seq;
                         }
-                        verdicts[f] == 1
+                        verdicts[f]
                     }
                 };
                 if slots[i].events.contains(event_id) && ev.ts >= from && ev.ts <= until && passes() {
