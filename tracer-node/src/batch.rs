@@ -49,7 +49,19 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
+impl Record {
+    /// The record of an event whose payload is `len` bytes at `offset` of its page.
+    pub fn new(ts: u64, pid: i32, event_id: u16, offset: u32, len: u32, task: Arc<TaskInfo>) -> Self {
+        Self { ts, pid, event_id, offset, len, task }
+    }
+}
+
 impl Batch {
+    /// A batch of `records` of `page`, read from `cpu`.
+    pub fn new(cpu: u32, page: Arc<Vec<u8>>, records: Vec<Record>) -> Self {
+        Self { cpu, page, records }
+    }
+
     /// The raw payload of `record`.
     pub fn payload(&self, record: &Record) -> &[u8] {
         let start = record.offset as usize;
@@ -69,6 +81,13 @@ pub struct TaskInfo {
     pub(crate) seen: Instant,
     /// The time (trace clock) of the record it was resolved for.
     pub(crate) resolved_at: u64,
+}
+
+impl TaskInfo {
+    /// A thread known now, of process `tgid`, running `comm`, in `container`.
+    pub fn new(tgid: i32, comm: Arc<str>, container: Option<Arc<ContainerTag>>) -> Self {
+        Self { tgid, comm, container, seen: Instant::now(), resolved_at: 0 }
+    }
 }
 
 /// A consumer of a session's batches other than its followers: export. Offered every batch

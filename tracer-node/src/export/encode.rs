@@ -1,24 +1,16 @@
-//! Direct protobuf encoding of `ExportLogsServiceRequest`. Building the generated message
-//! structs costs a dozen allocations per event (a `String` per attribute key, `Vec`s for the
-//! ids, the body map) and prost then walks nested messages again for their lengths; written
-//! straight into one buffer, an event costs its bytes. The unit tests check the output against
-//! the generated types.
+//! Protobuf wire encoding by hand, for `ExportLogsServiceRequest` (see [`super::logs`]).
+//! Building the generated message structs costs a dozen allocations per event (a `String` per
+//! attribute key, `Vec`s for the ids, the body map) and prost then walks nested messages again
+//! for their lengths; written straight into one buffer, an event costs its bytes.
 
-use opentelemetry_proto::tonic::{common::v1::InstrumentationScope, resource::v1::Resource};
-use prost::Message;
+use crate::ftrace::format::FieldValue;
 
-use super::model::Wall;
-use crate::{
-    batch::{Batch, Record},
-    ftrace::format::{EventFormat, FieldValue},
-};
+pub(super) const VARINT: u32 = 0;
+pub(super) const FIXED64: u32 = 1;
+pub(super) const LEN: u32 = 2;
+pub(super) const FIXED32: u32 = 5;
 
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
-const FIXED32: u32 = 5;
-
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
+pub(super) fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -26,17 +18,17 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
-fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
+pub(super) fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
 
-fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+pub(super) fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
     key(buf, field, LEN);
     varint(buf, b.len() as u64);
     buf.extend_from_slice(b);
 }
 
-fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     key(buf, field, FIXED64);
     buf.extend_from_slice(&v.to_le_bytes());
 }
@@ -44,25 +36,32 @@ fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
 /// Writes a length-delimited field whose content `f` writes. The length goes in a one-byte
 /// placeholder, right for the small messages that most are (attributes, values); only a
 /// longer content is moved to make room for its length. See [`nested_hint`].
-fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn nested(buf: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     nested_hint(buf, field, 1, f);
 }
 
 /// [`nested`] with a placeholder of `hint` bytes: the content is moved only when its length
 /// needs another number of bytes (a record of 128 bytes to 16 KiB takes 2).
-fn nested_hint(buf: &mut Vec<u8>, field: u32, hint: usize, f: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn nested_hint(buf: &mut Vec<u8>, field: u32, hint: usize, f: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
     buf.resize(at + hint, 0);
     f(buf);
     let len = buf.len() - at - hint;
-    let mut prefix = [0u8; 10];
-    let n = varint_into(&mut prefix, len as u64);
-    if n != hint {
-        // Shift the content to fit the length's real size.
-        buf.splice(at..at + hint, prefix[..n].iter().copied());
+    if varint_len(len as u64) == hint {
+        // In place, byte by byte: through a stack array, the bytes written one at a time were
+        // read back as one word, a store-forwarding stall on every record.
+        let mut v = len;
+        for b in &mut buf[at..at + hint] {
+            *b = (v as u8 & 0x7f) | 0x80;
+            v >>= 7;
+        }
+        buf[at + hint - 1] &= 0x7f;
     } else {
-        buf[at..at + n].copy_from_slice(&prefix[..n]);
+        // Shift the content to fit the length's real size.
+        let mut prefix = [0u8; 10];
+        let n = varint_into(&mut prefix, len as u64);
+        buf.splice(at..at + hint, prefix[..n].iter().copied());
     }
 }
 
@@ -79,12 +78,12 @@ fn varint_into(out: &mut [u8; 10], mut v: u64) -> usize {
 }
 
 /// Size of `v` as a varint.
-fn varint_len(v: u64) -> usize {
+pub(super) fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros()).div_ceil(7) as usize
 }
 
 /// Size of a length-delimited field of `len` bytes with a one-byte key.
-fn field_len(len: usize) -> usize {
+pub(super) fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
@@ -100,11 +99,11 @@ fn attr(buf: &mut Vec<u8>, k: &str, value_len: usize, value: impl FnOnce(&mut Ve
     value(buf);
 }
 
-fn attr_str(buf: &mut Vec<u8>, k: &str, v: &str) {
+pub(super) fn attr_str(buf: &mut Vec<u8>, k: &str, v: &str) {
     attr(buf, k, field_len(v.len()), |buf| bytes_field(buf, 1, v.as_bytes()));
 }
 
-fn attr_int(buf: &mut Vec<u8>, k: &str, v: i64) {
+pub(super) fn attr_int(buf: &mut Vec<u8>, k: &str, v: i64) {
     attr(buf, k, 1 + varint_len(v as u64), |buf| {
         key(buf, 3, VARINT);
         varint(buf, v as u64);
@@ -122,9 +121,9 @@ pub struct EventNames {
     /// Event.
     pub event: String,
     /// The `ftrace.system` and `ftrace.event` attributes, encoded.
-    attrs: Vec<u8>,
+    pub(super) attrs: Vec<u8>,
     /// The `event_name` field, encoded.
-    name_field: Vec<u8>,
+    pub(super) name_field: Vec<u8>,
 }
 
 impl EventNames {
@@ -140,34 +139,9 @@ impl EventNames {
     }
 }
 
-/// What consecutive records share, encoded once: a page's records are mostly of one thread.
-#[derive(Debug, Default)]
-pub struct RecordCache {
-    /// (thread, process, command) whose attributes `thread_attrs` holds.
-    thread: Option<(i32, i32, std::sync::Arc<str>)>,
-    thread_attrs: Vec<u8>,
-}
-
-impl RecordCache {
-    /// The `process.pid`, `thread.id` and `thread.name` attributes of `rec`'s thread.
-    fn thread_attrs(&mut self, rec: &Record) -> &[u8] {
-        let same = self.thread.as_ref().is_some_and(|(pid, tgid, comm)| {
-            *pid == rec.pid && *tgid == rec.task.tgid && std::sync::Arc::ptr_eq(comm, &rec.task.comm)
-        });
-        if !same {
-            self.thread_attrs.clear();
-            attr_int(&mut self.thread_attrs, "process.pid", i64::from(rec.task.tgid));
-            attr_int(&mut self.thread_attrs, "thread.id", i64::from(rec.pid));
-            attr_str(&mut self.thread_attrs, "thread.name", &rec.task.comm);
-            self.thread = Some((rec.pid, rec.task.tgid, rec.task.comm.clone()));
-        }
-        &self.thread_attrs
-    }
-}
-
 /// An `AnyValue` holding a decoded field: what the generated types make of its JSON value
 /// ([`FieldValue::to_json`], then `model::any`).
-fn field_value(buf: &mut Vec<u8>, v: &FieldValue<'_>) {
+pub(super) fn field_value(buf: &mut Vec<u8>, v: &FieldValue<'_>) {
     match *v {
         FieldValue::Int(i) => {
             key(buf, 3, VARINT);
@@ -228,160 +202,9 @@ fn hex(out: &mut [u8; 18], mut v: u64) -> &[u8] {
     &out[i - 2..]
 }
 
-/// Appends one `LogRecord` (as field 2 of a `ScopeLogs`): the event's fields, decoded from its
-/// payload straight into the buffer, are its body. The same record as
-/// [`super::model::log_record`] builds, but for the body's order (the format's, not sorted).
-#[allow(clippy::too_many_arguments)]
-pub fn log_record(
-    buf: &mut Vec<u8>,
-    cache: &mut RecordCache,
-    batch: &Batch,
-    rec: &Record,
-    format: Option<&EventFormat>,
-    names: Option<&EventNames>,
-    wall: &Wall,
-    observed: u64,
-    trace_id: &[u8; 16],
-    span_id: &[u8; 8],
-) {
-    nested_hint(buf, 2, 2, |buf| {
-        fixed64_field(buf, 1, wall.unix(rec.ts));
-        // body: the fields as a key/value list (mostly under 128 bytes: one-byte lengths).
-        nested(buf, 5, |buf| {
-            nested(buf, 6, |buf| {
-                if let Some(f) = format {
-                    f.visit(batch.payload(rec), |name, v| {
-                        nested(buf, 1, |buf| {
-                            bytes_field(buf, 1, name.as_bytes());
-                            nested(buf, 2, |buf| field_value(buf, &v));
-                        });
-                    });
-                }
-            });
-        });
-        if let Some(n) = names {
-            buf.extend_from_slice(&n.attrs);
-        }
-        attr_int(buf, "ftrace.cpu", i64::from(batch.cpu));
-        attr_int(buf, "ftrace.timestamp", rec.ts as i64);
-        buf.extend_from_slice(cache.thread_attrs(rec));
-        key(buf, 8, FIXED32);
-        buf.extend_from_slice(&1u32.to_le_bytes());
-        bytes_field(buf, 9, trace_id);
-        bytes_field(buf, 10, span_id);
-        fixed64_field(buf, 11, observed);
-        match names {
-            Some(n) => buf.extend_from_slice(&n.name_field),
-            None => bytes_field(buf, 12, format!("event_{}", rec.event_id).as_bytes()),
-        }
-    });
-}
-
-/// Appends a `ResourceLogs` (field 1 of the request) of `resource` with the encoded records.
-/// Their lengths are known beforehand, so the records are copied once, never moved.
-pub fn resource_logs(buf: &mut Vec<u8>, resource: &Resource, scope: &InstrumentationScope, records: &[u8]) {
-    let (resource, scope) = (resource.encode_to_vec(), scope.encode_to_vec());
-    let scope_logs = field_len(scope.len()) + records.len();
-    let resource_logs = field_len(resource.len()) + field_len(scope_logs);
-    buf.reserve(field_len(resource_logs));
-    key(buf, 1, LEN);
-    varint(buf, resource_logs as u64);
-    bytes_field(buf, 1, &resource);
-    key(buf, 2, LEN);
-    varint(buf, scope_logs as u64);
-    bytes_field(buf, 1, &scope);
-    buf.extend_from_slice(records);
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use opentelemetry_proto::tonic::{
-        collector::logs::v1::ExportLogsServiceRequest,
-        common::v1::{any_value::Value, AnyValue},
-        logs::v1::{ResourceLogs, ScopeLogs},
-    };
-
     use super::*;
-    use crate::{
-        export::model::{self, Decoded},
-        registry::procfs::Procfs,
-        sessions::resolver::Resolver,
-    };
-
-    /// Every kind of field (signed, unsigned past i64, pointer, C string and invalid UTF-8,
-    /// `__data_loc` string and bytes, int array), encoded straight from the payload, equals
-    /// the generated types' record of the same event (body order aside: the JSON map sorts).
-    #[test]
-    fn direct_encoding_equals_the_generated_types() {
-        let text = "name: sys_enter_x\nID: 7\nformat:\n\
-            \tfield:int fd;\toffset:8;\tsize:4;\tsigned:1;\n\
-            \tfield:unsigned long big;\toffset:16;\tsize:8;\tsigned:0;\n\
-            \tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;\n\
-            \tfield:char comm[8];\toffset:32;\tsize:8;\tsigned:0;\n\
-            \tfield:char bad[4];\toffset:40;\tsize:4;\tsigned:0;\n\
-            \tfield:__data_loc char[] path;\toffset:44;\tsize:4;\tsigned:0;\n\
-            \tfield:__data_loc u8[] blob;\toffset:48;\tsize:4;\tsigned:0;\n\
-            \tfield:short vals[3];\toffset:52;\tsize:6;\tsigned:1;\n\
-            \tfield:int past_end;\toffset:400;\tsize:4;\tsigned:1;\n";
-        let format = crate::ftrace::format::parse_event_format("syscalls", text).expect("format");
-        let mut payload = vec![0u8; 64];
-        payload[8..12].copy_from_slice(&(-3i32).to_ne_bytes());
-        payload[16..24].copy_from_slice(&u64::MAX.to_ne_bytes());
-        payload[24..32].copy_from_slice(&0x7fe7_0000_12abu64.to_ne_bytes());
-        payload[32..36].copy_from_slice(b"cat\0");
-        payload[40..44].copy_from_slice(&[b'x', 0xff, b'y', 0]);
-        payload[44..48].copy_from_slice(&(64u32 | (6 << 16)).to_ne_bytes());
-        payload[48..52].copy_from_slice(&(70u32 | (3 << 16)).to_ne_bytes());
-        for (i, v) in [-1i16, 2, 300].iter().enumerate() {
-            payload[52 + 2 * i..54 + 2 * i].copy_from_slice(&v.to_ne_bytes());
-        }
-        payload.extend_from_slice(b"/etc/\0");
-        payload.extend_from_slice(&[1, 2, 250]);
-
-        let resolver = Resolver::new(Procfs::new("/proc", "/sys"), Arc::default());
-        let task = Arc::new(resolver.resolve(std::process::id() as i32, 0));
-        let rec = Record { ts: 123_456_789, pid: -5, event_id: 7, offset: 0, len: payload.len() as u32, task };
-        let batch = Batch { cpu: 3, page: Arc::new(payload), records: vec![] };
-        let names = EventNames::new("syscalls", "sys_enter_x");
-        let wall = Wall::now();
-        let (trace, span) = ([7u8; 16], [9u8; 8]);
-        let resource = Resource { attributes: vec![model::s("k8s.pod.name", "p")], ..Default::default() };
-
-        let (mut records, mut cache) = (Vec::new(), RecordCache::default());
-        log_record(&mut records, &mut cache, &batch, &rec, Some(&format), Some(&names), &wall, 42, &trace, &span);
-        // The second record reuses the thread's encoded attributes.
-        log_record(&mut records, &mut cache, &batch, &rec, None, None, &wall, 43, &trace, &span);
-        let mut buf = Vec::new();
-        resource_logs(&mut buf, &resource, &model::scope(), &records);
-        let mut got = ExportLogsServiceRequest::decode(buf.as_slice()).expect("valid protobuf");
-
-        let formats = std::collections::HashMap::from([(7u16, format.clone())]);
-        let d1 = model::decode(&batch, &rec, &formats);
-        assert_eq!(d1.fields.len(), 8, "every field but the one past the end: {:?}", d1.fields);
-        let d2 = Decoded { format: None, name: "event_7".into(), fields: serde_json::Map::new() };
-        let want = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: Some(resource),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(model::scope()),
-                    log_records: vec![
-                        model::log_record(&batch, &rec, d1, &wall, 42, &trace, &span),
-                        model::log_record(&batch, &rec, d2, &wall, 43, &trace, &span),
-                    ],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        // The body in the format's order here, sorted by name in the JSON map.
-        let body = &mut got.resource_logs[0].scope_logs[0].log_records[0].body;
-        if let Some(AnyValue { value: Some(Value::KvlistValue(kv)) }) = body {
-            kv.values.sort_by(|a, b| a.key.cmp(&b.key));
-        }
-        assert_eq!(got, want);
-    }
 
     #[test]
     fn nested_lengths_of_every_size_class_are_exact() {

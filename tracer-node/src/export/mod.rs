@@ -7,7 +7,9 @@
 pub mod config;
 mod counters;
 pub mod encode;
+pub mod logs;
 pub mod model;
+pub mod payload;
 mod retry;
 mod session;
 mod spans;

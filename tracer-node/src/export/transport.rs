@@ -7,7 +7,7 @@ use std::{io::Write, sync::Arc, time::Duration};
 use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode, Uri};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -24,7 +24,10 @@ use tonic::{
     Code, Status,
 };
 
-use super::config::{ExportConfig, Protocol};
+use super::{
+    config::{ExportConfig, Protocol},
+    payload::{Payload, PayloadBody},
+};
 
 /// A failed export request.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,7 +49,7 @@ pub struct TransportError {
     reason: String,
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, PayloadBody>;
 
 #[derive(Debug, Clone)]
 enum Inner {
@@ -70,7 +73,7 @@ impl<R> Default for Preencoded<R> {
 }
 
 impl<R: Message + Default + Send + 'static> Codec for Preencoded<R> {
-    type Encode = Bytes;
+    type Encode = Payload;
     type Decode = R;
     type Encoder = BytesEncoder;
     type Decoder = Preencoded<R>;
@@ -89,11 +92,11 @@ impl<R: Message + Default + Send + 'static> Codec for Preencoded<R> {
 struct BytesEncoder;
 
 impl Encoder for BytesEncoder {
-    type Item = Bytes;
+    type Item = Payload;
     type Error = Status;
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        bytes::BufMut::put_slice(dst, &item);
+    fn encode(&mut self, item: Payload, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.put_into(dst);
         Ok(())
     }
 }
@@ -238,7 +241,7 @@ impl Transport {
         &self,
         client: &Grpc<Channel>,
         method: &'static str,
-        body: Bytes,
+        body: Payload,
     ) -> Result<R, SendError> {
         let mut client = client.clone();
         client.ready().await.map_err(|e| SendError {
@@ -255,7 +258,7 @@ impl Transport {
 
     /// Exports an encoded `ExportLogsServiceRequest`; answers how many records the collector
     /// rejected.
-    pub async fn logs(&self, body: Bytes) -> Result<u64, SendError> {
+    pub async fn logs(&self, body: Payload) -> Result<u64, SendError> {
         let answer: ExportLogsServiceResponse = match &self.inner {
             Inner::Grpc { logs, .. } => self.unary(logs, LOGS_EXPORT, body).await?,
             Inner::Http { client, logs, .. } => {
@@ -267,7 +270,7 @@ impl Transport {
 
     /// Exports an encoded `ExportTraceServiceRequest`; answers how many spans the collector
     /// rejected.
-    pub async fn traces(&self, body: Bytes) -> Result<u64, SendError> {
+    pub async fn traces(&self, body: Payload) -> Result<u64, SendError> {
         let answer: ExportTraceServiceResponse = match &self.inner {
             Inner::Grpc { traces, .. } => self.unary(traces, TRACES_EXPORT, body).await?,
             Inner::Http { client, traces, .. } => {
@@ -277,7 +280,7 @@ impl Transport {
         Ok(answer.partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64))
     }
 
-    async fn post(&self, client: &HttpClient, uri: &Uri, body: Bytes) -> Result<Bytes, SendError> {
+    async fn post(&self, client: &HttpClient, uri: &Uri, body: Payload) -> Result<Bytes, SendError> {
         let fail = |retryable: bool, message: String| SendError { retryable, retry_after: None, message };
         let mut builder = Request::builder()
             .method(Method::POST)
@@ -287,9 +290,8 @@ impl Transport {
         let body = if self.gzip {
             let mut enc =
                 flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-            Bytes::from(
-                enc.write_all(&body).and_then(|()| enc.finish()).map_err(|e| fail(false, format!("gzip: {e}")))?,
-            )
+            let zipped = body.parts().iter().try_for_each(|p| enc.write_all(p)).and_then(|()| enc.finish());
+            Payload::from(zipped.map_err(|e| fail(false, format!("gzip: {e}")))?)
         } else {
             body
         };
@@ -299,7 +301,7 @@ impl Transport {
         for (k, v) in self.headers.iter() {
             builder = builder.header(k.as_str(), v.as_str());
         }
-        let request = builder.body(Full::new(body)).map_err(|e| fail(false, format!("request: {e}")))?;
+        let request = builder.body(body.into_body()).map_err(|e| fail(false, format!("request: {e}")))?;
         let exchange = async {
             let response = client.request(request).await.map_err(|e| {
                 let mut text = e.to_string();

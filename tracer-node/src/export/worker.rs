@@ -18,7 +18,9 @@ use tracing::{info, warn};
 use super::{
     config::EventsAs,
     encode,
+    logs::LogsEncoder,
     model::{self, SessionContext, Wall},
+    payload::Payload,
     retry::send,
     session::Control,
     ExportCounters, Exporter, FINAL_DRAIN, FLUSH_EVERY, MAX_RETRY, WARN_EVERY,
@@ -225,28 +227,18 @@ impl Worker {
         // copied and its span looked up once per flush, not per event.
         struct Group {
             tag: Option<Arc<ContainerTag>>,
-            span_id: [u8; 8],
             init: u32,
             events: u64,
         }
         let mut groups: Vec<Group> = Vec::new();
-        let mut logs: Vec<Vec<u8>> = Vec::new();
         let mut chunks: Vec<Vec<opentelemetry_proto::tonic::trace::v1::span::Event>> = Vec::new();
         let mut last_group = usize::MAX;
-        let mut cache = encode::RecordCache::default();
         let formats = self.formats.clone();
         let names = std::mem::take(&mut self.names);
-        let mut last_event: Option<(u16, Option<&EventFormat>, Option<&encode::EventNames>)> = None;
+        let mut logs = LogsEncoder::new(&formats, &names, wall, observed, trace_id, n as usize);
         for batch in &batches {
             for rec in &batch.records {
-                let (format, event_names) = match last_event {
-                    Some((id, f, n)) if id == rec.event_id => (f, n),
-                    _ => {
-                        let (f, n) = (formats.get(&rec.event_id), names.get(&rec.event_id));
-                        last_event = Some((rec.event_id, f, n));
-                        (f, n)
-                    }
-                };
+                let format = logs.format(rec.event_id);
                 let tag = rec.task.container.as_ref();
                 let same = |g: &Group| g.tag.as_ref().map(Arc::as_ptr) == tag.map(Arc::as_ptr);
                 if groups.get(last_group).is_none_or(|g| !same(g)) {
@@ -258,8 +250,8 @@ impl Worker {
                                 Some(span) => (span.span_id, span.init),
                                 None => (self.root_span, 0),
                             };
-                            groups.push(Group { tag: tag.cloned(), span_id, init, events: 0 });
-                            logs.push(Vec::new());
+                            groups.push(Group { tag: tag.cloned(), init, events: 0 });
+                            logs.group(span_id);
                             chunks.push(Vec::new());
                             groups.len() - 1
                         }
@@ -282,24 +274,7 @@ impl Worker {
                     }
                 }
                 match self.ex.config.events_as {
-                    EventsAs::Logs => {
-                        let buf = &mut logs[last_group];
-                        if buf.capacity() == 0 {
-                            buf.reserve(320 * self.ex.config.batch_events);
-                        }
-                        encode::log_record(
-                            buf,
-                            &mut cache,
-                            batch,
-                            rec,
-                            format,
-                            event_names,
-                            &wall,
-                            observed,
-                            &trace_id,
-                            &group.span_id,
-                        )
-                    }
+                    EventsAs::Logs => logs.record(last_group, batch, rec),
                     EventsAs::SpanEvents => chunks[last_group].push(model::span_event(
                         batch,
                         rec,
@@ -309,7 +284,6 @@ impl Worker {
                 }
             }
         }
-        self.names = names;
         let keys: Vec<Option<String>> = groups
             .iter()
             .map(|g| {
@@ -324,13 +298,9 @@ impl Worker {
         drop(batches);
         let result = match self.ex.config.events_as {
             EventsAs::Logs => {
-                let mut body = Vec::with_capacity(logs.iter().map(Vec::len).sum::<usize>() + 4096);
-                let scope = model::scope();
-                for (key, records) in keys.iter().zip(&logs) {
-                    encode::resource_logs(&mut body, &self.resource_of(key.as_deref()), &scope, records);
-                }
-                drop(logs);
-                let body = bytes::Bytes::from(body);
+                let resources: Vec<Resource> = keys.iter().map(|k| self.resource_of(k.as_deref())).collect();
+                let body = logs.finish(resources, &model::scope());
+                self.names = names;
                 let t = self.ex.transport.clone();
                 send(|| t.logs(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
@@ -360,8 +330,10 @@ impl Worker {
                     .collect();
                 let req = ExportTraceServiceRequest { resource_spans };
                 let t = self.ex.transport.clone();
-                let body = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
+                let body = Payload::from(prost::Message::encode_to_vec(&req));
                 drop(req);
+                drop(logs);
+                self.names = names;
                 send(|| t.traces(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await
             }
         };
