@@ -160,9 +160,11 @@ fn main() {
     let calls: u64 = std::env::var("BENCH_EXPORT_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
     // BENCH_EXPORT_PROTOCOLS=http (or grpc) runs one protocol only (e.g. to profile it).
     let only = std::env::var("BENCH_EXPORT_PROTOCOLS").unwrap_or_default();
+    // BENCH_EXPORT_BATCH sets --otlp-batch-events (the default, 8192, without).
+    let batch = std::env::var("BENCH_EXPORT_BATCH").unwrap_or_else(|_| "8192".into());
     for (grpc, name) in [(true, "grpc"), (false, "http")] {
         if only.is_empty() || only.split(',').any(|p| p == name) {
-            protocol("export", &root, grpc, calls, "2048");
+            protocol("export", &root, grpc, calls, &batch);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! CPU cost of encoding events as OTLP log records (`export::logs`), the export's own part
 //! without the reading and the network: a million `sys_enter_getppid` and a million
-//! `sys_enter_openat` records, in flushes of 2048 from pages of one thread, as the export
+//! `sys_enter_openat` records, in flushes of 8192 from pages of one thread, as the export
 //! worker encodes them. Prints ns per record and the request bytes per record.
 //!
 //! Run: `cargo bench -p tracer-node --bench encode` (also in `scripts/bench.sh`).
@@ -66,9 +66,9 @@ fn run(label: &str, text: &str, id: u16, len: u32, total: usize) {
     let resource = opentelemetry_proto::tonic::resource::v1::Resource::default();
     let (mut bytes, mut records) = (0usize, 0usize);
     let started = Instant::now();
-    for flush in batches.chunks(2048 / per_page) {
-        let n = flush.iter().map(|b| b.records.len()).sum();
-        let mut enc = LogsEncoder::new(&formats, &names, model::Wall::now(), model::unix_now(), [7; 16], n);
+    for flush in batches.chunks(8192 / per_page) {
+        let n: usize = flush.iter().map(|b| b.records.len()).sum();
+        let mut enc = LogsEncoder::new(&formats, &names, model::Wall::now(), model::unix_now(), [7; 16], n * 320);
         let g = enc.group([9; 8]);
         for b in flush {
             for r in &b.records {
@@ -89,7 +89,7 @@ fn run(label: &str, text: &str, id: u16, len: u32, total: usize) {
 }
 
 fn main() {
-    println!("OTLP log record encoding (one thread, flushes of 2048):");
+    println!("OTLP log record encoding (one thread, flushes of 8192):");
     for _ in 0..2 {
         run("sys_enter_getppid", GETPPID, 305, 16, 1_000_000);
         run("sys_enter_openat ", OPENAT, 623, 48, 1_000_000);

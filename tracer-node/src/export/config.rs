@@ -65,8 +65,8 @@ pub struct ExportArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub otlp_queue_events: u64,
 
-    /// Most events in one export request.
-    #[arg(long, env = "TRACER_OTLP_BATCH_EVENTS", default_value_t = 2048,
+    /// Most events in one export request (a request is also kept under 3 MiB).
+    #[arg(long, env = "TRACER_OTLP_BATCH_EVENTS", default_value_t = 8192,
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub otlp_batch_events: u64,
 
@@ -334,7 +334,7 @@ impl ExportArgs {
             ca_pem,
             events_as: events.unwrap_or(if from_jaeger { EventsAs::SpanEvents } else { EventsAs::Logs }),
             queue_events: self.otlp_queue_events,
-            batch_events: usize::try_from(self.otlp_batch_events).unwrap_or(2048),
+            batch_events: usize::try_from(self.otlp_batch_events).unwrap_or(8192),
             service_name: self.otel_service_name.clone(),
             resource,
         }))

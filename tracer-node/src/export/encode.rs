@@ -99,6 +99,35 @@ fn attr(buf: &mut Vec<u8>, k: &str, value_len: usize, value: impl FnOnce(&mut Ve
     value(buf);
 }
 
+/// The `key` field of a `KeyValue` (field 1, a string of under 128 bytes), encoded at
+/// compile time: `N` is the key's length plus 2.
+pub(super) const fn key_field<const N: usize>(k: &str) -> [u8; N] {
+    let b = k.as_bytes();
+    assert!(b.len() + 2 == N && b.len() < 128);
+    let mut out = [0u8; N];
+    out[0] = 1 << 3 | LEN as u8;
+    out[1] = b.len() as u8;
+    let mut i = 0;
+    while i < b.len() {
+        out[i + 2] = b[i];
+        i += 1;
+    }
+    out
+}
+
+/// [`attr_int`] with a key encoded by [`key_field`]: copied as a constant (a known size, no
+/// call), for the attribute every record has.
+pub(super) fn attr_int_keyed<const N: usize>(buf: &mut Vec<u8>, key_field: &[u8; N], v: i64) {
+    let value = 1 + varint_len(v as u64);
+    key(buf, 6, LEN);
+    varint(buf, (N + field_len(value)) as u64);
+    buf.extend_from_slice(key_field);
+    key(buf, 2, LEN);
+    varint(buf, value as u64);
+    key(buf, 3, VARINT);
+    varint(buf, v as u64);
+}
+
 pub(super) fn attr_str(buf: &mut Vec<u8>, k: &str, v: &str) {
     attr(buf, k, field_len(v.len()), |buf| bytes_field(buf, 1, v.as_bytes()));
 }
@@ -205,6 +234,17 @@ fn hex(out: &mut [u8; 18], mut v: u64) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_keys_encode_as_the_others() {
+        const KEY: [u8; 18] = key_field("ftrace.timestamp");
+        for v in [0i64, 1, 127, 128, 1 << 40, -1, i64::MIN, i64::MAX] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            attr_int(&mut a, "ftrace.timestamp", v);
+            attr_int_keyed(&mut b, &KEY, v);
+            assert_eq!(a, b, "{v}");
+        }
+    }
 
     #[test]
     fn nested_lengths_of_every_size_class_are_exact() {

@@ -14,16 +14,19 @@ use prost::Message;
 
 use super::{
     encode::{
-        attr_int, attr_str, bytes_field, field_len, field_value, fixed64_field, key, nested, nested_hint, varint,
-        EventNames, FIXED32, LEN,
+        attr_int, attr_int_keyed, attr_str, bytes_field, field_len, field_value, fixed64_field, key, key_field, nested,
+        nested_hint, varint, EventNames, FIXED32, LEN,
     },
     model::Wall,
     payload::Payload,
 };
 use crate::{
     batch::{Batch, Record},
-    ftrace::format::EventFormat,
+    ftrace::format::{EventFormat, Field},
 };
+
+/// The key of the `ftrace.timestamp` attribute, encoded.
+const TIMESTAMP_KEY: [u8; 18] = key_field("ftrace.timestamp");
 
 /// The records of one group.
 struct Group {
@@ -45,15 +48,17 @@ pub struct LogsEncoder<'a> {
     wall: Wall,
     observed: u64,
     trace_id: [u8; 16],
-    /// Bytes reserved for a group's records when it gets its first.
+    /// Bytes reserved for the first group's records when it gets its first (the others start
+    /// smaller: a flush is mostly of one container).
     reserve: usize,
     groups: Vec<Group>,
     last_format: Option<(u16, Option<&'a EventFormat>)>,
+    spare: Vec<Vec<u8>>,
 }
 
 impl<'a> LogsEncoder<'a> {
     /// An encoder of records of `formats` (named by `names`), observed at `observed` (unix
-    /// ns), in trace `trace_id`; about `expected` records will come.
+    /// ns), in trace `trace_id`; about `expected` bytes of records will come.
     pub fn new(
         formats: &'a HashMap<u16, EventFormat>,
         names: &'a HashMap<u16, EventNames>,
@@ -68,16 +73,22 @@ impl<'a> LogsEncoder<'a> {
             wall,
             observed,
             trace_id,
-            // Records of a system call's entry are 250 to 350 bytes.
-            reserve: expected.saturating_mul(320),
+            reserve: expected,
             groups: Vec::new(),
             last_format: None,
+            spare: Vec::new(),
         }
+    }
+
+    /// Buffers to encode into before allocating new ones (emptied, from earlier flushes).
+    pub fn reuse(&mut self, buffers: &mut Vec<Vec<u8>>) {
+        self.spare.append(buffers);
     }
 
     /// Adds a group whose records belong to span `span_id`; answers its index.
     pub fn group(&mut self, span_id: [u8; 8]) -> usize {
-        self.groups.push(Group { span_id, records: Vec::new(), fixed: Vec::new(), tail_of: None, tail: Vec::new() });
+        let records = self.spare.pop().unwrap_or_default();
+        self.groups.push(Group { span_id, records, fixed: Vec::new(), tail_of: None, tail: Vec::new() });
         self.groups.len() - 1
     }
 
@@ -123,8 +134,9 @@ impl<'a> LogsEncoder<'a> {
             g.tail_of = Some((rec.event_id, batch.cpu, rec.pid, rec.task.tgid, rec.task.comm.clone()));
         }
         let buf = &mut g.records;
-        if buf.capacity() == 0 {
-            buf.reserve(self.reserve);
+        if buf.is_empty() {
+            let want = if group == 0 { self.reserve } else { self.reserve.min(64 << 10) };
+            buf.reserve(want);
         }
         let (wall, tail) = (&self.wall, &g.tail);
         // Field order: time, body, then the attributes and the rest in field order (the tail
@@ -144,7 +156,7 @@ impl<'a> LogsEncoder<'a> {
                     }
                 });
             });
-            attr_int(buf, "ftrace.timestamp", rec.ts as i64);
+            attr_int_keyed(buf, &TIMESTAMP_KEY, rec.ts as i64);
             buf.extend_from_slice(tail);
         });
     }
@@ -159,9 +171,86 @@ impl<'a> LogsEncoder<'a> {
             let mut head = Vec::with_capacity(64 + resource.encoded_len() + scope.len());
             resource_logs_head(&mut head, &resource, &scope, group.records.len());
             payload.push(Bytes::from(head));
-            payload.push(Bytes::from(group.records));
+            payload.push_reusable(group.records);
         }
         payload
+    }
+}
+
+/// Estimates of the encoded size of records, on the high side, so a request can be kept under
+/// a size before it is encoded. Per event: what every record has (about 250 bytes of
+/// attributes, ids and names, and the event's names twice), and per field its name and tags
+/// and at most 10 bytes (a varint) or three bytes a byte of its value (arrays of small
+/// numbers); then the record's payload past the fixed fields (the strings and arrays they
+/// point to).
+#[derive(Debug, Default)]
+pub struct SizeEstimate {
+    /// Per event with dynamic fields, its records' estimate.
+    dynamic: HashMap<u16, Dynamic>,
+    /// The largest estimate of a record of the other events (every record of a batch without
+    /// dynamic fields is counted at it: no walk over the records).
+    fixed: usize,
+}
+
+/// The estimate of the records of an event with dynamic fields.
+#[derive(Debug, Clone, Copy)]
+struct Dynamic {
+    /// Without the data after the fixed fields.
+    size: usize,
+    /// Where the fixed fields end.
+    end: usize,
+    /// Bytes a byte of the data after them takes.
+    per_byte: usize,
+}
+
+/// The estimate of a record of an event of no known format (no body), and the base of every
+/// record.
+const RECORD_BASE: usize = 256;
+
+impl SizeEstimate {
+    /// The estimates of events of `formats`.
+    pub fn new(formats: &HashMap<u16, EventFormat>) -> Self {
+        let mut estimate = Self { dynamic: HashMap::new(), fixed: RECORD_BASE };
+        for (id, f) in formats {
+            let fields: usize = f.fields.iter().map(|x| x.name.len() + 8 + (3 * x.size).max(10)).sum();
+            let size = RECORD_BASE + 2 * (f.system.len() + f.name.len()) + fields;
+            if f.fields.iter().any(Field::is_dynamic) {
+                let end = f.fields.iter().map(|x| x.offset + x.size).max().unwrap_or(0);
+                // A string is its bytes; an array of bytes takes up to 5 a byte (an AnyValue
+                // each).
+                let strings = f.fields.iter().filter(|x| x.is_dynamic()).all(Field::is_char);
+                estimate.dynamic.insert(*id, Dynamic { size, end, per_byte: if strings { 1 } else { 5 } });
+            } else {
+                // Padding past the fields (records are 4-byte aligned) is in the base.
+                estimate.fixed = estimate.fixed.max(size);
+            }
+        }
+        estimate
+    }
+
+    /// The estimated size of `b`'s records, encoded.
+    pub fn batch(&self, b: &Batch) -> usize {
+        if self.dynamic.is_empty() {
+            return b.records.len() * self.fixed;
+        }
+        // A page's records are mostly of one event: looked up once per run of it.
+        let mut last: Option<(u16, Option<Dynamic>)> = None;
+        let mut total = 0;
+        for r in &b.records {
+            let of = match last {
+                Some((id, of)) if id == r.event_id => of,
+                _ => {
+                    let of = self.dynamic.get(&r.event_id).copied();
+                    last = Some((r.event_id, of));
+                    of
+                }
+            };
+            total += match of {
+                Some(d) => d.size + d.per_byte * (r.len as usize).saturating_sub(d.end),
+                None => self.fixed,
+            };
+        }
+        total
     }
 }
 
@@ -315,5 +404,60 @@ mod tests {
             }
         }
         assert_eq!(got, want);
+    }
+
+    /// The estimate that keeps requests under the size limit is on the high side for events
+    /// of one field and of many (negative numbers: ten bytes each), with a string or bytes
+    /// after the fixed fields, of no known format, with a long command name and the largest ids; and
+    /// not far above for a session of one event.
+    #[test]
+    fn the_size_estimate_is_not_below_the_encoded_size() {
+        let mut many =
+            String::from("name: many\nID: 3\nformat:\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n");
+        for i in 0..12 {
+            many += &format!("\tfield:int a_long_field_name_{i};\toffset:{};\tsize:4;\tsigned:1;\n", 8 + 4 * i);
+        }
+        let getppid =
+            "name: sys_enter_getppid\nID: 5\nformat:\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n";
+        let path = "name: open\nID: 7\nformat:\n\tfield:__data_loc char[] path;\toffset:8;\tsize:4;\tsigned:0;\n";
+        let blob = "name: blob\nID: 8\nformat:\n\tfield:__data_loc u8[] blob;\toffset:8;\tsize:4;\tsigned:0;\n";
+        let parse = |system, text: &str| crate::ftrace::format::parse_event_format(system, text).expect("format");
+        let all = HashMap::from([
+            (3u16, parse("sched", &many)),
+            (5, parse("syscalls", getppid)),
+            (7, parse("x", path)),
+            (8, parse("x", blob)),
+        ]);
+        let names: HashMap<u16, EventNames> =
+            all.iter().map(|(id, f)| (*id, EventNames::new(&f.system, &f.name))).collect();
+        let task = Arc::new(TaskInfo::new(2_000_000_000, Arc::from("a-command-name15"), None));
+        let mut page = vec![0xffu8; 400];
+        // The string: 300 bytes at 12.
+        page[8..12].copy_from_slice(&(12u32 | (300 << 16)).to_ne_bytes());
+        page[12..311].fill(b'a');
+        page[311] = 0;
+        let page = Arc::new(page);
+        let encoded = |id: u16, len: u32| {
+            let records =
+                (0..100).map(|i| Record::new(u64::MAX - i, 2_000_000_001, id, 0, len, task.clone())).collect();
+            let batch = Batch::new(1, page.clone(), records);
+            let mut enc = LogsEncoder::new(&all, &names, Wall::now(), u64::MAX, [1; 16], 0);
+            let g = enc.group([2; 8]);
+            for r in &batch.records {
+                enc.record(g, &batch, r);
+            }
+            let size = enc.finish([Resource::default()], &model::scope()).parts()[1].len();
+            (batch, size)
+        };
+        let mixed = SizeEstimate::new(&all);
+        for (id, len) in [(3u16, 56u32), (5, 16), (7, 312), (8, 312), (9, 64)] {
+            let (batch, size) = encoded(id, len);
+            let estimated = mixed.batch(&batch);
+            assert!(estimated >= size, "event {id}: estimated {estimated} < {size}");
+            if let Some(f) = all.get(&id) {
+                let alone = SizeEstimate::new(&HashMap::from([(id, f.clone())])).batch(&batch);
+                assert!(alone >= size && alone < 2 * size, "event {id} alone: estimated {alone}, encoded {size}");
+            }
+        }
     }
 }

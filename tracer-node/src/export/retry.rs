@@ -1,7 +1,7 @@
 //! Sending to the collector with retries.
 
 use std::{
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Mutex},
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,7 @@ pub(super) async fn send<F, Fut>(
     mut attempt: F,
     deadline: Instant,
     metrics: &Metrics,
-    warned: &mut Option<Instant>,
+    warned: &Mutex<Option<Instant>>,
     session: u64,
 ) -> Result<u64, SendError>
 where
@@ -36,8 +36,16 @@ where
                 if !e.retryable || Instant::now() + wait >= deadline {
                     return Err(e);
                 }
-                if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                    *warned = Some(Instant::now());
+                // Decided under the lock, logged after it (the requests in flight share it).
+                let warn_now = {
+                    let mut last = warned.lock().unwrap_or_else(|p| p.into_inner());
+                    let due = last.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+                    if due {
+                        *last = Some(Instant::now());
+                    }
+                    due
+                };
+                if warn_now {
                     warn!(session, error = %e, "OTLP export failed; retrying (new events queue meanwhile, bounded)");
                 }
                 tokio::time::sleep(wait).await;

@@ -104,7 +104,7 @@ impl Worker {
         let req = ExportTraceServiceRequest { resource_spans: out };
         let t = self.ex.transport.clone();
         let body = super::payload::Payload::from(prost::Message::encode_to_vec(&req));
-        match send(|| t.traces(body.clone()), deadline, &self.ex.metrics, &mut self.retry_warned, self.ctx.id).await {
+        match send(|| t.traces(body.clone()), deadline, &self.ex.metrics, &self.retry_warned, self.ctx.id).await {
             Ok(_) => {
                 self.ex.metrics.exported_spans.fetch_add(n, Ordering::Relaxed);
             }

@@ -96,6 +96,8 @@ impl Encoder for BytesEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: Payload, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // At once: grown piece by piece, the buffer would be moved as it grows.
+        dst.reserve(item.len());
         item.put_into(dst);
         Ok(())
     }

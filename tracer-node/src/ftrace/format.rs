@@ -25,10 +25,18 @@ impl Field {
     fn is_data_loc(&self) -> bool {
         self.ctype.starts_with("__data_loc")
     }
+
+    /// Whether the field points to data after the fixed fields (`__data_loc`, `__rel_loc`),
+    /// of a size each record says.
+    pub fn is_dynamic(&self) -> bool {
+        self.is_data_loc() || self.is_rel_loc()
+    }
+
     fn is_rel_loc(&self) -> bool {
         self.ctype.starts_with("__rel_loc")
     }
-    fn is_char(&self) -> bool {
+    /// Whether it is of characters (a string when an array).
+    pub fn is_char(&self) -> bool {
         let base = self.ctype.trim_start_matches("__data_loc").trim_start_matches("__rel_loc").trim();
         base.starts_with("char") || base.starts_with("const char") || base.starts_with("unsigned char")
     }
