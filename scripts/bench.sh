@@ -4,7 +4,7 @@
 # lossless tracing of a 1 M+ syscalls/s container against perf and text trace_pipe, OTLP export
 # rate and CPU, /healthz under slowloris, auth latency against the stand-in API server, the
 # limits and RSS under floods, tracer-svc's fan-out over 1, 10 and 50 nodes, one kernel recording
-# for 1, 10 and 100 sessions against the kernel's floor and perf record, and every fuzz target for FUZZ_SECONDS (20) with its executions
+# for 1, 10 and 100 sessions against the kernel's floor and perf record, the OTLP encoding alone, and every fuzz target for FUZZ_SECONDS (20) with its executions
 # and findings.
 # Needs root and what scripts/test.sh installs. BENCH_RUNS sets the runc runs (200).
 set -euo pipefail
@@ -16,4 +16,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --release --workspace --locked
+cargo bench -p tracer-node --bench encode --locked
 cargo bench -p e2e --locked

@@ -24,6 +24,20 @@ use super::{
 /// (below the instance's `buffer_percent`) still delivers its events within this time.
 const POLL_INTERVAL: Timespec = Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
 
+/// How much nicer than the rest of the daemon the readers are (a nice value of -5): a reader
+/// that falls behind loses events for every consumer for good, an export that falls behind
+/// queues or drops only its own. With the export, its collector and a full-speed workload on
+/// two cores, the readers at the same priority lost up to 9 % of a burst to overrun.
+const READER_NICE: i32 = -5;
+
+/// Gives the calling reader thread [`READER_NICE`] (Linux: the priority of a thread is its
+/// own). Without `CAP_SYS_NICE` it keeps the default, which is only logged.
+fn raise_priority(cpu: usize) {
+    if let Err(e) = rustix::process::setpriority_process(None, READER_NICE) {
+        debug!(cpu, error = %e, "reader thread priority not raised");
+    }
+}
+
 /// Consumes the pages of one CPU.
 pub type PageConsumer = Box<dyn FnMut(Vec<u8>) + Send>;
 
@@ -59,6 +73,7 @@ impl Readers {
             let flag = stop.clone();
             let shared = barrier.clone();
             let spawned = std::thread::Builder::new().name(format!("ftrace-cpu{cpu}")).spawn(move || {
+                raise_priority(cpu);
                 let mut file = file;
                 loop {
                     // Read the flag before draining: after it is set, one last drain takes what
