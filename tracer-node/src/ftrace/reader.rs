@@ -4,7 +4,6 @@
 //! raw pages keep up (measured in the tracing benchmark, `scripts/bench.sh`).
 
 use std::{
-    io::{ErrorKind, Read},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -12,7 +11,10 @@ use std::{
     thread::JoinHandle,
 };
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::{
+    event::{poll, PollFd, PollFlags, Timespec},
+    io::Errno,
+};
 use tracing::{debug, warn};
 
 use super::{
@@ -74,7 +76,7 @@ impl Readers {
             let shared = barrier.clone();
             let spawned = std::thread::Builder::new().name(format!("ftrace-cpu{cpu}")).spawn(move || {
                 raise_priority(cpu);
-                let mut file = file;
+                let file = file;
                 loop {
                     // Read the flag before draining: after it is set, one last drain takes what
                     // the kernel recorded before tracing was turned off. The same for requests
@@ -82,15 +84,14 @@ impl Readers {
                     let stopping = flag.load(Ordering::Acquire);
                     let epoch = shared.requests();
                     loop {
-                        let mut page = vec![0u8; page_size];
-                        match file.read(&mut page) {
+                        // Read into the spare capacity: zeroing every page first was a
+                        // `memset` of 4 KiB a page for bytes the kernel overwrites.
+                        let mut page = Vec::with_capacity(page_size);
+                        match rustix::io::read(&file, rustix::buffer::spare_capacity(&mut page)) {
                             Ok(0) => break,
-                            Ok(n) => {
-                                page.truncate(n);
-                                consume(page);
-                            }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                            Ok(_) => consume(page),
+                            Err(Errno::AGAIN) => break,
+                            Err(Errno::INTR) => continue,
                             Err(e) => {
                                 warn!(cpu, error = %e, "trace_pipe_raw read failed; reader stops");
                                 // Waiting readers must not wait for this one any more.
