@@ -192,6 +192,17 @@ pub struct SizeEstimate {
     fixed: usize,
 }
 
+/// A field's encoded size, on the high side: its name and tags (8), then a number's varint
+/// and tag (at most 11: a negative one takes 10), a pointer's or a large unsigned number's
+/// text (at most 22), a string's bytes, or an array's elements (at most 13 each).
+fn field_estimate(x: &Field) -> usize {
+    let value = match x.array_len {
+        Some(n) if !x.is_char() => 13 * n + 3,
+        _ => (3 * x.size).max(12),
+    };
+    x.name.len() + 8 + value
+}
+
 /// The estimate of the records of an event with dynamic fields.
 #[derive(Debug, Clone, Copy)]
 struct Dynamic {
@@ -212,7 +223,7 @@ impl SizeEstimate {
     pub fn new(formats: &HashMap<u16, EventFormat>) -> Self {
         let mut estimate = Self { dynamic: HashMap::new(), fixed: RECORD_BASE };
         for (id, f) in formats {
-            let fields: usize = f.fields.iter().map(|x| x.name.len() + 8 + (3 * x.size).max(10)).sum();
+            let fields: usize = f.fields.iter().map(field_estimate).sum();
             let size = RECORD_BASE + 2 * (f.system.len() + f.name.len()) + fields;
             if f.fields.iter().any(Field::is_dynamic) {
                 let end = f.fields.iter().map(|x| x.offset + x.size).max().unwrap_or(0);
@@ -407,8 +418,8 @@ mod tests {
     }
 
     /// The estimate that keeps requests under the size limit is on the high side for events
-    /// of one field and of many (negative numbers: ten bytes each), with a string or bytes
-    /// after the fixed fields, of no known format, with a long command name and the largest ids; and
+    /// of one field and of many (negative numbers: ten bytes each), of an array of negative
+    /// shorts, with a string or bytes after the fixed fields, of no known format, with a long command name and the largest ids; and
     /// not far above for a session of one event.
     #[test]
     fn the_size_estimate_is_not_below_the_encoded_size() {
@@ -421,6 +432,7 @@ mod tests {
             "name: sys_enter_getppid\nID: 5\nformat:\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n";
         let path = "name: open\nID: 7\nformat:\n\tfield:__data_loc char[] path;\toffset:8;\tsize:4;\tsigned:0;\n";
         let blob = "name: blob\nID: 8\nformat:\n\tfield:__data_loc u8[] blob;\toffset:8;\tsize:4;\tsigned:0;\n";
+        let shorts = "name: shorts\nID: 10\nformat:\n\tfield:short v[8];\toffset:8;\tsize:16;\tsigned:1;\n\tfield:short w;\toffset:24;\tsize:2;\tsigned:1;\n";
         let parse = |system, text: &str| crate::ftrace::format::parse_event_format(system, text).expect("format");
         let all = HashMap::from([
             (3u16, parse("sched", &many)),
@@ -450,7 +462,7 @@ mod tests {
             (batch, size)
         };
         let mixed = SizeEstimate::new(&all);
-        for (id, len) in [(3u16, 56u32), (5, 16), (7, 312), (8, 312), (9, 64)] {
+        for (id, len) in [(3u16, 56u32), (5, 16), (7, 312), (8, 312), (9, 64), (10, 28)] {
             let (batch, size) = encoded(id, len);
             let estimated = mixed.batch(&batch);
             assert!(estimated >= size, "event {id}: estimated {estimated} < {size}");
