@@ -432,13 +432,15 @@ mod tests {
             "name: sys_enter_getppid\nID: 5\nformat:\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n";
         let path = "name: open\nID: 7\nformat:\n\tfield:__data_loc char[] path;\toffset:8;\tsize:4;\tsigned:0;\n";
         let blob = "name: blob\nID: 8\nformat:\n\tfield:__data_loc u8[] blob;\toffset:8;\tsize:4;\tsigned:0;\n";
-        let shorts = "name: shorts\nID: 10\nformat:\n\tfield:short v[8];\toffset:8;\tsize:16;\tsigned:1;\n\tfield:short w;\toffset:24;\tsize:2;\tsigned:1;\n";
+        // Past the string's bytes: every short is -1.
+        let shorts = "name: shorts\nID: 10\nformat:\n\tfield:short v[8];\toffset:320;\tsize:16;\tsigned:1;\n\tfield:short w;\toffset:336;\tsize:2;\tsigned:1;\n";
         let parse = |system, text: &str| crate::ftrace::format::parse_event_format(system, text).expect("format");
         let all = HashMap::from([
             (3u16, parse("sched", &many)),
             (5, parse("syscalls", getppid)),
             (7, parse("x", path)),
             (8, parse("x", blob)),
+            (10, parse("x", shorts)),
         ]);
         let names: HashMap<u16, EventNames> =
             all.iter().map(|(id, f)| (*id, EventNames::new(&f.system, &f.name))).collect();
@@ -462,7 +464,7 @@ mod tests {
             (batch, size)
         };
         let mixed = SizeEstimate::new(&all);
-        for (id, len) in [(3u16, 56u32), (5, 16), (7, 312), (8, 312), (9, 64), (10, 28)] {
+        for (id, len) in [(3u16, 56u32), (5, 16), (7, 312), (8, 312), (9, 64), (10, 340)] {
             let (batch, size) = encoded(id, len);
             let estimated = mixed.batch(&batch);
             assert!(estimated >= size, "event {id}: estimated {estimated} < {size}");
