@@ -57,10 +57,10 @@ fn run(label: &str, text: &str, id: u16, len: u32, total: usize) {
                 .map(|i| {
                     let at = 16 + i * (len as usize + 8);
                     let ts = 1_000_000_000 + (p * per_page + i) as u64 * 700;
-                    Record::new(ts, 4242, id, at as u32, len, task.clone())
+                    Record::new(ts, 4242, id, at as u32, len, 0)
                 })
                 .collect();
-            Arc::new(Batch::new((p % 2) as u32, page.clone(), records))
+            Arc::new(Batch::new((p % 2) as u32, page.clone(), records, vec![task.clone()]))
         })
         .collect();
     let resource = opentelemetry_proto::tonic::resource::v1::Resource::default();

@@ -34,8 +34,8 @@ pub struct Record {
     pub event_id: u16,
     pub(crate) offset: u32,
     pub(crate) len: u32,
-    /// The thread.
-    pub task: Arc<TaskInfo>,
+    /// Its thread: an index into its batch's threads ([`Batch::task`]).
+    pub(crate) task: u16,
 }
 
 /// The events of one page.
@@ -47,19 +47,32 @@ pub struct Batch {
     pub(crate) page: Arc<Vec<u8>>,
     /// The events.
     pub records: Vec<Record>,
+    /// The threads of the records. A page's records are of few threads: a reference to each
+    /// once per batch, not one per record (an atomic count shared by the reader's and the
+    /// consumers' cores, changed twice a record).
+    pub(crate) tasks: Vec<Arc<TaskInfo>>,
 }
 
 impl Record {
-    /// The record of an event whose payload is `len` bytes at `offset` of its page.
-    pub fn new(ts: u64, pid: i32, event_id: u16, offset: u32, len: u32, task: Arc<TaskInfo>) -> Self {
+    /// The record of an event whose payload is `len` bytes at `offset` of its page, of the
+    /// batch's thread number `task`.
+    pub fn new(ts: u64, pid: i32, event_id: u16, offset: u32, len: u32, task: u16) -> Self {
         Self { ts, pid, event_id, offset, len, task }
     }
 }
 
 impl Batch {
-    /// A batch of `records` of `page`, read from `cpu`.
-    pub fn new(cpu: u32, page: Arc<Vec<u8>>, records: Vec<Record>) -> Self {
-        Self { cpu, page, records }
+    /// A batch of `records` of `page`, read from `cpu`, whose threads are `tasks`.
+    pub fn new(cpu: u32, page: Arc<Vec<u8>>, records: Vec<Record>, tasks: Vec<Arc<TaskInfo>>) -> Self {
+        Self { cpu, page, records, tasks }
+    }
+
+    /// The thread of `record` (a thread of no name nor container if the record is not of
+    /// this batch).
+    pub fn task(&self, record: &Record) -> &TaskInfo {
+        static UNKNOWN: std::sync::LazyLock<TaskInfo> =
+            std::sync::LazyLock::new(|| TaskInfo::new(0, Arc::from(""), None));
+        self.tasks.get(usize::from(record.task)).map_or(&UNKNOWN, |t| t)
     }
 
     /// The raw payload of `record`.

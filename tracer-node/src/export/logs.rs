@@ -111,8 +111,8 @@ impl<'a> LogsEncoder<'a> {
         let format = self.format(rec.event_id);
         let Some(g) = self.groups.get_mut(group) else { return };
         let same = g.tail_of.as_ref().is_some_and(|(id, cpu, pid, tgid, comm)| {
-            (*id, *cpu, *pid, *tgid) == (rec.event_id, batch.cpu, rec.pid, rec.task.tgid)
-                && Arc::ptr_eq(comm, &rec.task.comm)
+            (*id, *cpu, *pid, *tgid) == (rec.event_id, batch.cpu, rec.pid, batch.task(rec).tgid)
+                && Arc::ptr_eq(comm, &batch.task(rec).comm)
         });
         if !same {
             let fixed = match g.fixed.iter().position(|(id, _)| *id == rec.event_id) {
@@ -127,11 +127,11 @@ impl<'a> LogsEncoder<'a> {
             let tail = &mut g.tail;
             tail.clear();
             attr_int(tail, "ftrace.cpu", i64::from(batch.cpu));
-            attr_int(tail, "process.pid", i64::from(rec.task.tgid));
+            attr_int(tail, "process.pid", i64::from(batch.task(rec).tgid));
             attr_int(tail, "thread.id", i64::from(rec.pid));
-            attr_str(tail, "thread.name", &rec.task.comm);
+            attr_str(tail, "thread.name", &batch.task(rec).comm);
             tail.extend_from_slice(&g.fixed[fixed].1);
-            g.tail_of = Some((rec.event_id, batch.cpu, rec.pid, rec.task.tgid, rec.task.comm.clone()));
+            g.tail_of = Some((rec.event_id, batch.cpu, rec.pid, batch.task(rec).tgid, batch.task(rec).comm.clone()));
         }
         let buf = &mut g.records;
         if buf.is_empty() {
@@ -362,11 +362,12 @@ mod tests {
         let cat = Arc::new(TaskInfo::new(40, Arc::from("cat"), None));
         let sh = Arc::new(TaskInfo::new(41, Arc::from("sh"), None));
         let page = Arc::new(payload);
-        let r1 = Record::new(123_456_789, -5, 7, 0, len, cat.clone());
-        let r2 = Record::new(123_456_790, 41, 9, 0, len, sh);
-        let r3 = Record::new(123_456_791, 42, 7, 0, len, cat);
-        let b1 = Batch::new(3, page.clone(), vec![]);
-        let b2 = Batch::new(1, page, vec![]);
+        // Both batches hold both threads: cat is number 0, sh number 1.
+        let r1 = Record::new(123_456_789, -5, 7, 0, len, 0);
+        let r2 = Record::new(123_456_790, 41, 9, 0, len, 1);
+        let r3 = Record::new(123_456_791, 42, 7, 0, len, 0);
+        let b1 = Batch::new(3, page.clone(), vec![], vec![cat.clone(), sh.clone()]);
+        let b2 = Batch::new(1, page, vec![], vec![cat, sh]);
         let formats = HashMap::from([(7u16, format)]);
         let names = HashMap::from([(7u16, EventNames::new("syscalls", "sys_enter_x"))]);
         let wall = Wall::now();
@@ -452,9 +453,8 @@ mod tests {
         page[311] = 0;
         let page = Arc::new(page);
         let encoded = |id: u16, len: u32| {
-            let records =
-                (0..100).map(|i| Record::new(u64::MAX - i, 2_000_000_001, id, 0, len, task.clone())).collect();
-            let batch = Batch::new(1, page.clone(), records);
+            let records = (0..100).map(|i| Record::new(u64::MAX - i, 2_000_000_001, id, 0, len, 0)).collect();
+            let batch = Batch::new(1, page.clone(), records, vec![task.clone()]);
             let mut enc = LogsEncoder::new(&all, &names, Wall::now(), u64::MAX, [1; 16], 0);
             let g = enc.group([2; 8]);
             for r in &batch.records {

@@ -194,9 +194,9 @@ fn event_attributes(batch: &Batch, rec: &Record, d: &Decoded<'_>, extra: usize) 
     }
     a.push(i("ftrace.cpu", i64::from(batch.cpu)));
     a.push(i("ftrace.timestamp", rec.ts as i64));
-    a.push(i("process.pid", i64::from(rec.task.tgid)));
+    a.push(i("process.pid", i64::from(batch.task(rec).tgid)));
     a.push(i("thread.id", i64::from(rec.pid)));
-    a.push(s("thread.name", &*rec.task.comm));
+    a.push(s("thread.name", &*batch.task(rec).comm));
     a
 }
 

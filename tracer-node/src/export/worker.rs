@@ -278,7 +278,7 @@ impl Worker {
         for batch in &batches {
             for rec in &batch.records {
                 let format = logs.format(rec.event_id);
-                let tag = rec.task.container.as_ref();
+                let tag = batch.task(rec).container.as_ref();
                 let same = |g: &Group| g.tag.as_ref().map(Arc::as_ptr) == tag.map(Arc::as_ptr);
                 if groups.get(last_group).is_none_or(|g| !same(g)) {
                     let id = tag.map(|t| t.id.as_str());
@@ -301,7 +301,7 @@ impl Worker {
                     group.events += 1;
                     // The exit status of the container is its init's exit_group argument.
                     if format.is_some_and(|f| f.name == "sys_enter_exit_group")
-                        && u32::try_from(rec.task.tgid).is_ok_and(|t| t == group.init)
+                        && u32::try_from(batch.task(rec).tgid).is_ok_and(|t| t == group.init)
                     {
                         let code = model::decode(batch, rec, &formats)
                             .fields

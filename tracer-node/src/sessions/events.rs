@@ -222,13 +222,13 @@ pub fn to_wire(
         Some(f) => (f.system.clone(), f.name.clone(), f.decode(batch.payload(rec))),
         None => (String::new(), format!("event_{}", rec.event_id), serde_json::Map::new()),
     };
-    let tag = rec.task.container.as_deref();
+    let tag = batch.task(rec).container.as_deref();
     TraceEvent {
         timestamp: rec.ts,
         cpu: batch.cpu,
         pid: rec.pid,
-        tgid: rec.task.tgid,
-        comm: rec.task.comm.to_string(),
+        tgid: batch.task(rec).tgid,
+        comm: batch.task(rec).comm.to_string(),
         event,
         system,
         fields,
@@ -254,8 +254,8 @@ mod tests {
         let resolver = Resolver::new(Procfs::new("/proc", "/sys"), Arc::default());
         let info = Arc::new(resolver.resolve(1, 0));
         for _ in 0..FOLLOWER_QUEUE + 10 {
-            let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info.clone() };
-            store.push(Arc::new(Batch { cpu: 0, page: Arc::default(), records: vec![rec] }));
+            let rec = Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: 0 };
+            store.push(Arc::new(Batch { cpu: 0, page: Arc::default(), records: vec![rec], tasks: vec![info.clone()] }));
         }
         let s = store.stats(true, 0, (0, 0, 0));
         assert_eq!(s.events_dropped, 10);
@@ -270,7 +270,8 @@ mod tests {
         Batch {
             cpu: 0,
             page: Arc::default(),
-            records: vec![Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: info }],
+            records: vec![Record { ts: 0, pid: 1, event_id: 1, offset: 0, len: 0, task: 0 }],
+            tasks: vec![info],
         }
     }
 

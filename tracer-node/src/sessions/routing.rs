@@ -349,7 +349,8 @@ impl Router {
         let mut verdict_of = vec![u32::MAX; routes.filters.len()];
         let mut unknown: Vec<i32> = Vec::new();
         let now = std::time::Instant::now();
-        let mut last: Option<(i32, Arc<TaskInfo>)> = None;
+        let mut last: Option<(i32, u16)> = None;
+        let mut tasks: Vec<Arc<TaskInfo>> = Vec::new();
         for (seq, ev) in (0u32..).zip(&parsed.events) {
             let Some((event_id, pid)) = ids(&page, ev) else { continue };
             if ev.ts < started
@@ -361,42 +362,55 @@ impl Router {
             // After an exec the thread has a new command, and what is older than the TTL may
             // be stale: ask procfs again. One clock read per page, one lookup per record.
             // A page's events are mostly of one thread: the last one is tried before the map.
-            let cached = if routes.exec.contains(event_id) {
-                None
-            } else {
-                match &last {
-                    Some((p, t)) if *p == pid => Some(t.clone()),
-                    _ => cache.get(&pid).cloned(),
-                }
-                .filter(|t| now.saturating_duration_since(t.seen) <= TASK_TTL)
+            let exec = routes.exec.contains(event_id);
+            let fresh = |t: &TaskInfo| {
+                now.saturating_duration_since(t.seen) <= TASK_TTL
                 // The id forked or exited since: maybe another life of it (pids are reused
                 // within seconds by a forking container), its fork read by another CPU's
                 // reader only.
-                .filter(|t| !self.resolver.changed_after(pid, t.resolved_at))
+                    && !self.resolver.changed_after(pid, t.resolved_at)
             };
-            let task = match cached {
-                Some(t) => t,
+            let same = match last {
+                Some((p, i)) if p == pid && !exec && fresh(&tasks[usize::from(i)]) => Some(i),
+                _ => None,
+            };
+            let index = match same {
+                Some(i) => i,
                 None => {
-                    if cache.len() >= MAX_CACHED_TASKS {
-                        cache.clear();
-                    }
-                    let mut info = self.resolver.resolve(pid, ev.ts);
-                    if info.container.is_none() && !caught_up {
-                        caught_up = true;
-                        if !progress.wait_for_others(last_ts, CATCH_UP) {
-                            debug!(cpu, "the other CPUs' readers did not catch up in time");
+                    let task = match cache.get(&pid).filter(|t| !exec && fresh(t)) {
+                        Some(t) => t.clone(),
+                        None => {
+                            if cache.len() >= MAX_CACHED_TASKS {
+                                cache.clear();
+                            }
+                            let mut info = self.resolver.resolve(pid, ev.ts);
+                            if info.container.is_none() && !caught_up {
+                                caught_up = true;
+                                if !progress.wait_for_others(last_ts, CATCH_UP) {
+                                    debug!(cpu, "the other CPUs' readers did not catch up in time");
+                                }
+                                info = self.resolver.resolve(pid, ev.ts);
+                            }
+                            if info.container.is_none() {
+                                unknown.push(pid);
+                            }
+                            let info = Arc::new(info);
+                            cache.insert(pid, info.clone());
+                            info
                         }
-                        info = self.resolver.resolve(pid, ev.ts);
+                    };
+                    // The batch's threads: a page holds a few (at most 512 records a page).
+                    match tasks.iter().position(|t| Arc::ptr_eq(t, &task)) {
+                        Some(i) => i as u16,
+                        None => {
+                            tasks.push(task);
+                            (tasks.len() - 1) as u16
+                        }
                     }
-                    if info.container.is_none() {
-                        unknown.push(pid);
-                    }
-                    let info = Arc::new(info);
-                    cache.insert(pid, info.clone());
-                    info
                 }
             };
-            last = Some((pid, task.clone()));
+            last = Some((pid, index));
+            let task = &tasks[usize::from(index)];
             let at = match &task.container {
                 Some(tag) => {
                     let key = Arc::as_ptr(tag);
@@ -441,7 +455,14 @@ impl Router {
                 }
             }
             if taken {
-                records.push(Record { ts: ev.ts, pid, event_id, offset: ev.offset as u32, len: ev.len as u32, task });
+                records.push(Record {
+                    ts: ev.ts,
+                    pid,
+                    event_id,
+                    offset: ev.offset as u32,
+                    len: ev.len as u32,
+                    task: index,
+                });
             } else {
                 bits.truncate(row);
             }
@@ -467,7 +488,7 @@ impl Router {
                 Some((j, _)) => batches[*j].clone(),
                 None => {
                     let taken = mine.iter().map(|&k| records[k as usize].clone()).collect();
-                    Some(Arc::new(Batch { cpu, page: page.clone(), records: taken }))
+                    Some(Arc::new(Batch { cpu, page: page.clone(), records: taken, tasks: tasks.clone() }))
                 }
             };
             partial.push((i, mine));
@@ -477,7 +498,7 @@ impl Router {
             if records.capacity() > 2 * records.len() {
                 records.shrink_to_fit();
             }
-            let full = Arc::new(Batch { cpu, page, records });
+            let full = Arc::new(Batch { cpu, page, records, tasks });
             for (b, n) in batches.iter_mut().zip(&counts) {
                 if *n == all {
                     *b = Some(full.clone());
@@ -594,10 +615,11 @@ mod tests {
         cpu0(forks);
         reader1.join().expect("reader of cpu 1");
         let batches = store.snapshot();
-        let records: Vec<&Record> = batches.iter().flat_map(|b| b.records.iter()).collect();
+        let records: Vec<(&Batch, &Record)> =
+            batches.iter().flat_map(|b| b.records.iter().map(move |r| (&**b, r))).collect();
         assert_eq!(records.len(), 2, "the fork events were read for attribution only");
-        for r in records {
-            assert_eq!(r.task.container.as_ref().map(|t| t.id.as_str()), Some("b"), "pid {}", r.pid);
+        for (b, r) in records {
+            assert_eq!(b.task(r).container.as_ref().map(|t| t.id.as_str()), Some("b"), "pid {}", r.pid);
         }
     }
 
@@ -620,8 +642,9 @@ mod tests {
         let snap = store.snapshot();
         assert_eq!(snap.len(), 1, "the oldest page aged out");
         let rec = &snap[0].records[0];
-        assert_eq!(rec.task.tgid, me as i32);
-        assert_eq!(rec.task.container.as_deref(), Some(&*tag));
+        assert_eq!(snap[0].task(rec).tgid, me as i32);
+        assert_eq!(snap[0].task(rec).container.as_deref(), Some(&*tag));
+        assert_eq!(snap[0].tasks.len(), 1, "both records' thread, held once");
         let s = store.stats(true, 7, (0, 0, 0));
         assert_eq!((s.events_read, s.events_aged_out, s.events_retained, s.events_lost_kernel), (4, 2, 2, 7));
     }
