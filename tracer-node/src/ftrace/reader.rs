@@ -40,8 +40,9 @@ fn raise_priority(cpu: usize) {
     }
 }
 
-/// Consumes the pages of one CPU.
-pub type PageConsumer = Box<dyn FnMut(Vec<u8>) + Send>;
+/// Consumes the pages of one CPU; answers whether the page was at least half full (see
+/// [`super::ring::Page::half_full`]): a reader that gets less may wait instead of reading on.
+pub type PageConsumer = Box<dyn FnMut(Vec<u8>) -> bool + Send>;
 
 /// The reader threads of one instance.
 #[derive(Debug)]
@@ -77,19 +78,32 @@ impl Readers {
             let spawned = std::thread::Builder::new().name(format!("ftrace-cpu{cpu}")).spawn(move || {
                 raise_priority(cpu);
                 let file = file;
+                // The newest request this reader answered by draining its buffer empty.
+                let mut answered = 0;
                 loop {
                     // Read the flag before draining: after it is set, one last drain takes what
                     // the kernel recorded before tracing was turned off. The same for requests
                     // of other readers: a drain that starts after one answers it.
                     let stopping = flag.load(Ordering::Acquire);
                     let epoch = shared.requests();
+                    // Unless asked to drain empty, a page less than half full means the reader
+                    // is at the writer: it waits for the buffer to fill (its `buffer_percent`,
+                    // or the poll interval) instead of chasing the writer a few events a read,
+                    // which cost up to twice the CPU and slowed the traced workload.
+                    let drain = stopping || epoch > answered;
+                    let mut emptied = true;
                     loop {
                         // Read into the spare capacity: zeroing every page first was a
                         // `memset` of 4 KiB a page for bytes the kernel overwrites.
                         let mut page = Vec::with_capacity(page_size);
                         match rustix::io::read(&file, rustix::buffer::spare_capacity(&mut page)) {
                             Ok(0) => break,
-                            Ok(_) => consume(page),
+                            Ok(_) => {
+                                if !consume(page) && !drain {
+                                    emptied = false;
+                                    break;
+                                }
+                            }
                             Err(Errno::AGAIN) => break,
                             Err(Errno::INTR) => continue,
                             Err(e) => {
@@ -100,7 +114,10 @@ impl Readers {
                             }
                         }
                     }
-                    shared.drained(me, epoch);
+                    if emptied {
+                        shared.drained(me, epoch);
+                        answered = epoch;
+                    }
                     if stopping {
                         debug!(cpu, "reader drained and stopped");
                         shared.drained(me, u64::MAX);

@@ -31,6 +31,17 @@ pub struct Page {
     pub events: Vec<RawEvent>,
     /// The kernel dropped events before this page (overwrite mode).
     pub missed: bool,
+    /// Bytes of event data in the page (its commit).
+    pub size: usize,
+}
+
+impl Page {
+    /// Whether the page was at least half full. A reader that keeps getting pages less full
+    /// than that has caught up with the writer, and reads the page being written a few events
+    /// at a time (the cost of a page for each few events) until it waits.
+    pub fn half_full(&self, header: &PageHeader) -> bool {
+        self.size * 2 >= header.data_size
+    }
 }
 
 fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
@@ -51,11 +62,13 @@ fn read_word(buf: &[u8], (off, size): (usize, usize)) -> Option<u64> {
 pub fn parse_page(buf: &[u8], header: &PageHeader, out: &mut Page) {
     out.events.clear();
     out.missed = false;
+    out.size = 0;
     let (Some(mut ts), Some(commit)) = (read_word(buf, header.timestamp), read_word(buf, header.commit)) else {
         return;
     };
     out.missed = commit & (MISSED_EVENTS | MISSED_STORED) != 0;
     let size = (commit & COMMIT_MASK) as usize;
+    out.size = size;
     let start = header.data_offset;
     let end = (start + size).min(buf.len()).min(start + header.data_size);
     let mut pos = start;

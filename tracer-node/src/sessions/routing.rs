@@ -279,6 +279,7 @@ impl Router {
         let mut cache: HashMap<i32, Arc<TaskInfo>> = HashMap::new();
         Box::new(move |page: Vec<u8>| {
             parse_page(&page, &router.header, &mut parsed);
+            let half_full = parsed.half_full(&router.header);
             for ev in &parsed.events {
                 let Some((id, pid)) = ids(&page, ev) else { continue };
                 let payload = &page[ev.offset..ev.offset + ev.len];
@@ -294,7 +295,7 @@ impl Router {
                     }
                 }
             }
-            let Some(last_ts) = parsed.events.last().map(|e| e.ts) else { return };
+            let Some(last_ts) = parsed.events.last().map(|e| e.ts) else { return half_full };
             progress.consumed(last_ts);
             // Read after the page: a slot published after this was opened after every event
             // of the page was recorded.
@@ -310,6 +311,7 @@ impl Router {
                 router.route(cpu as u32, Arc::new(page), &parsed, &routes, &mut cache, &progress, last_ts, started);
             }
             progress.delivered(last_ts);
+            half_full
         })
     }
 
