@@ -103,7 +103,7 @@ impl Payload {
 
     /// The HTTP body sending it.
     pub fn into_body(self) -> PayloadBody {
-        PayloadBody { left: self.len as u64, parts: self.parts.into_iter(), _reusable: self.reusable }
+        PayloadBody { left: self.len as u64, parts: self.parts.into_iter() }
     }
 }
 
@@ -127,7 +127,6 @@ impl From<Vec<u8>> for Payload {
 pub struct PayloadBody {
     parts: std::vec::IntoIter<Bytes>,
     left: u64,
-    _reusable: Vec<Arc<Vec<u8>>>,
 }
 
 impl Body for PayloadBody {
